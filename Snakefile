@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.20")
 
 
-configfile: "config/config.yaml"
+# The demo config is the default; a --configfile on the command line replaces it (config/paper.yaml is complete
+# on its own) instead of being merged into the demo's models and families.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"

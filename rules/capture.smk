@@ -47,6 +47,7 @@ rule select_prompts:
         lambda w: f"results/prompts/{sample_spec(w.key)['dataset']}.parquet",
     output:
         "results/prompts/selected/{key}.parquet",
+        "results/prompts/selected/{key}.provenance.json",
     params:
         sample=lambda w: sample_spec(w.key),
         version=STAGE_VERSION["capture"],
@@ -81,8 +82,11 @@ for _model in plan.captured_models(config):
         params:
             model_name=_model,
             model=model_runtime(_model),
+            template_name=plan.model_template(config, _model),
             template=model_runtime(plan.model_template(config, _model)),
+            output_pattern=lambda wildcards, model=_model: activation_file(model, "{fmt}", "{key}", "{layer}"),
             cells=plan.model_cells(config, _model),
+            prompt_files={key: selected_prompts(key) for _, key in plan.model_cells(config, _model)},
             layers=plan.model_layers(config, _model),
             batch_size=config["runtime"]["batch_size"],
             mean_last_k=config["capture"]["mean_last_k"],

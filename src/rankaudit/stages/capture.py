@@ -1,0 +1,128 @@
+"""One model, every cell it takes part in: load once, capture all layers in one pass per cell, write per layer.
+
+Checks that need no weights run first (pair compatibility from the configs, chat template present, layer count),
+so a bad pair or a template-less tokenizer fails in seconds with the model named. Each activation file is a
+float32 safetensors file holding the read positions of one (format, dataset, layer), with metadata that says
+what was measured on what; a JSON record keeps the rendered strings, token ids, read positions and forward counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rankaudit import __version__, io
+from rankaudit.capture import CaptureStats, capture_residual_stream
+from rankaudit.formats import EncodedPrompts, encode_prompts, special_tokens_in
+from rankaudit.models import check_pair, load_config, load_model, load_tokenizer, require_chat_template, untrained_special_tokens
+from rankaudit.prompts import read_prompt_set
+from rankaudit.prompts.tables import instructions_sha256
+
+logger = logging.getLogger(__name__)
+
+
+def _loader_args(spec: Mapping[str, Any]) -> dict[str, Any]:
+    return {"revision": spec.get("revision"), "trust_remote_code": bool(spec.get("trust_remote_code", False))}
+
+
+def library_versions() -> dict[str, str]:
+    """Versions recorded in every activation file."""
+    import numpy
+    import safetensors
+    import torch
+    import transformers
+
+    return {"rankaudit": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "safetensors": safetensors.__version__, "numpy": numpy.__version__}
+
+
+def capture_model(
+    *,
+    model_name: str,
+    model: Mapping[str, Any],
+    template_name: str,
+    template: Mapping[str, Any],
+    cells: Sequence[tuple[str, str]],
+    layers: Sequence[int],
+    prompt_files: Mapping[str, str],
+    output_pattern: str,
+    record_path: str,
+    batch_size: int,
+    mean_last_k: int,
+    system_prompt: str,
+    version: int,
+) -> None:
+    """Capture every (format, dataset key) cell of one model at `layers`.
+
+    `model` / `template` hold location, revision, trust_remote_code, dtype, device and n_layers;
+    `output_pattern` has {fmt}, {key} and {layer} fields; `prompt_files[key]` is a selected-prompts parquet.
+    """
+    model_config = load_config(model["location"], **_loader_args(model))
+    template_config = load_config(template["location"], **_loader_args(template))
+    check_pair(model_config, template_config, (model_name, template_name))
+    n_blocks = model_config.get_text_config().num_hidden_layers
+    if n_blocks != model["n_layers"]:
+        raise ValueError(f"model {model_name!r}: the config plans {model['n_layers']} decoder blocks but "
+                         f"{model['location']} has {n_blocks}; fix models.{model_name}.n_layers")
+    own_tokenizer = load_tokenizer(model["location"], **_loader_args(model))
+    chat_tokenizer = load_tokenizer(template["location"], **_loader_args(template))
+    if any(fmt == "chat" for fmt, _ in cells):
+        require_chat_template(chat_tokenizer, template_name)
+
+    frames = {key: read_prompt_set(prompt_files[key]) for key in dict.fromkeys(key for _, key in cells)}
+    encoded: dict[tuple[str, str], EncodedPrompts] = {}
+    for fmt, key in cells:
+        tokenizer = chat_tokenizer if fmt == "chat" else own_tokenizer
+        encoded[(fmt, key)] = encode_prompts(tokenizer, list(frames[key]["instruction"]), fmt,
+                                             system_prompt=system_prompt, mean_last_k=mean_last_k)
+
+    network = load_model(model["location"], dtype=model["dtype"], device=model["device"], **_loader_args(model))
+    chat_ids = [ids for (fmt, _), prompts in encoded.items() if fmt == "chat" for ids in prompts.token_ids]
+    flagged = untrained_special_tokens(network, chat_tokenizer, special_tokens_in(chat_tokenizer, chat_ids), name=model_name) if chat_ids else []
+
+    versions = library_versions()
+    stats = CaptureStats()
+    record: dict[str, Any] = {"model": model_name, "source": model["location"], "revision": model.get("revision"),
+                              "template_model": template_name, "layers": list(layers), "versions": versions,
+                              "untrained_special_tokens": flagged, "stage_version": version, "cells": []}
+    for fmt, key in cells:
+        prompts = encoded[(fmt, key)]
+        before = stats.n_forward_rows
+        activations = capture_residual_stream(
+            network, prompts.token_ids, layers, batch_size=batch_size, mean_last_k=mean_last_k,
+            post_instruction_len=prompts.post_instruction_len, device=model["device"],
+            pad_token_id=_pad_id(chat_tokenizer if fmt == "chat" else own_tokenizer), stats=stats,
+        )
+        dataset_hash = instructions_sha256(frames[key])
+        for layer in layers:
+            io.write_tensors(
+                output_pattern.format(fmt=fmt, key=key, layer=layer),
+                activations[layer],
+                {"model": model_name, "source": model["location"], "revision": model.get("revision"),
+                 "dtype": model["dtype"], "format": fmt, "dataset": key, "dataset_sha256": dataset_hash,
+                 "n_prompts": len(prompts.records), "layer": layer,
+                 "layer_convention": "0 = embedding output (input of block 0); l >= 1 = output of decoder block l-1",
+                 "read_positions": sorted(activations[layer]), "encoding": prompts.metadata(), "versions": versions,
+                 "stage_version": version},
+            )
+        record["cells"].append({
+            "format": fmt, "dataset": key, "dataset_sha256": dataset_hash, "n_prompts": len(prompts.records),
+            "forwarded_rows": stats.n_forward_rows - before, "encoding": prompts.metadata(),
+            "prompts": [{"index": r.index, "rendered": r.rendered, "token_ids": list(r.token_ids),
+                         "read_positions": {kind: list(pos) for kind, pos in r.read_positions.items()}}
+                        for r in prompts.records],
+        })
+        logger.info("%s: %s/%s captured (%d prompts)", model_name, fmt, key, len(prompts.records))
+    record["stats"] = {"forwarded_rows": stats.n_forward_rows, "batches": stats.n_batches, "tokens": stats.n_tokens,
+                       "padding_tokens": stats.n_padding_tokens, "block_calls": stats.n_block_calls,
+                       "seconds": round(stats.seconds, 3)}
+    io.write_json(record_path, record)
+
+
+def _pad_id(tokenizer: Any) -> int:
+    """Padding never reaches a read position (left padding, masked), but it must be a valid id."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if candidate is not None:
+            return int(candidate)
+    return 0

@@ -1,0 +1,22 @@
+"""Snakemake adapter: capture every cell of one model."""
+
+from rankaudit.stages.capture import capture_model
+from rankaudit.workflow_logging import log_to
+
+with log_to(snakemake.log[0]):
+    params = snakemake.params
+    capture_model(
+        model_name=params.model_name,
+        model=params.model,
+        template_name=params.template_name,
+        template=params.template,
+        cells=[tuple(cell) for cell in params.cells],
+        layers=params.layers,
+        prompt_files=params.prompt_files,
+        output_pattern=params.output_pattern,
+        record_path=snakemake.output.record,
+        batch_size=params.batch_size,
+        mean_last_k=params.mean_last_k,
+        system_prompt=params.system_prompt,
+        version=params.version,
+    )
