@@ -15,8 +15,16 @@ if not workflow.overwrite_configfiles:
 include: "rules/common.smk"
 include: "rules/prompts.smk"
 include: "rules/organisms.smk"
+include: "rules/capture.smk"
+include: "rules/spectra.smk"
+include: "rules/tables.smk"
+include: "rules/calibration.smk"
 
 
 rule all:
     input:
         prompt_dataset_files(),
+        organism_files(),
+        rules.audit_tables.output,
+        expand("results/figures/{family}/{figure}.png", family=config["families"], figure=["cumulative_variance", "rho_by_layer"]),
+        rules.calibration_all.input if "calibration" in config else [],

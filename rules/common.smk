@@ -5,6 +5,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from rankaudit import plan
+from rankaudit.prompts.build import GENERATED_SET_KEYS
 
 # Bump a stage's version when its code changes what it computes: the version is a param of the stage's rules,
 # so `--rerun-triggers params` (Snakemake's default) re-runs exactly that stage and what depends on it.
@@ -27,8 +28,8 @@ def _config_origin():
 
 def _validation_error(section, error):
     """Turn Snakemake's schema error into one line naming the file(s) and the dotted key at fault."""
-    cause = next((arg for arg in error.args if hasattr(arg, "absolute_path")), None)
-    if cause is None:
+    cause = error.__context__  # snakemake.utils.validate raises while handling jsonschema's ValidationError
+    if not hasattr(cause, "absolute_path"):
         return f"{_config_origin()}: invalid config: {error}"
     where = ".".join([*([section] if section else []), *(str(p) for p in cause.absolute_path)]) or "top level"
     return f"{_config_origin()}: invalid config key '{where}': {cause.message}"
@@ -47,7 +48,17 @@ def validate_config():
                 raise WorkflowError(_validation_error(section, error))
 
 
+def check_config():
+    """Cross-key checks (unknown model or dataset names, layers too deep) before any job is scheduled."""
+    known = set(GENERATED_SET_KEYS) | set(config["prompts"].get("public") or {})
+    try:
+        plan.check_config(config, known)
+    except plan.ConfigError as error:
+        raise WorkflowError(f"{_config_origin()}: invalid configuration:\n{error}")
+
+
 validate_config()
+check_config()
 
 wildcard_constraints:
     model="|".join(config["models"]),
