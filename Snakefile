@@ -18,6 +18,8 @@ include: "rules/organisms.smk"
 include: "rules/capture.smk"
 include: "rules/spectra.smk"
 include: "rules/tables.smk"
+include: "rules/limits.smk"
+include: "rules/causal.smk"
 include: "rules/calibration.smk"
 
 
@@ -27,4 +29,6 @@ rule all:
         organism_files(),
         rules.audit_tables.output,
         expand("results/figures/{family}/{figure}.png", family=config["families"], figure=["cumulative_variance", "rho_by_layer"]),
+        rules.limits_all.input,
+        rules.causal_all.input,
         rules.calibration_all.input if "calibration" in config else [],

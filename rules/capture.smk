@@ -3,9 +3,12 @@
 
 
 def model_files(model):
-    """Inputs that must exist before a model can be loaded: the organism directory when the workflow builds it."""
-    organism = plan.parse_organism(config["models"][model]["source"])
-    return [plan.organism_dir(*organism)] if organism else []
+    """Inputs that must exist before a model can be loaded: its directory when the workflow builds it."""
+    source = config["models"][model]["source"]
+    organism = plan.parse_organism(source)
+    if organism:
+        return [plan.organism_dir(*organism)]
+    return [source] if plan.built_by_workflow(source) else []
 
 
 def model_runtime(model):

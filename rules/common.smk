@@ -7,8 +7,13 @@ from snakemake.utils import validate
 from rankaudit import plan
 from rankaudit.prompts.build import GENERATED_SET_KEYS
 
-# Bump a stage's version when its code changes what it computes: the version is a param of the stage's rules,
-# so `--rerun-triggers params` (Snakemake's default) re-runs exactly that stage and what depends on it.
+# Bump a stage's version when a change to its package code (src/rankaudit/...) changes what it computes. Snakemake
+# does not see package code; the version is a `params:` entry of the stage's rules, so with the `params` rerun
+# trigger (on in profiles/*) the next run re-runs exactly that stage and everything downstream of it, and
+# `snakemake -n` shows the reason "Params have changed since last execution". Pure refactors keep the number, so
+# finished 7B-model captures are never redone by accident (mtimes of package files play no part). Stages:
+# prompts (generated/fetched sets), capture (select_prompts + capture_<model>), spectra (layer_spectra),
+# tables (audit_tables + family_figures); the others are named after their rule files. README, "Incremental reruns".
 STAGE_VERSION = {
     "prompts": 1,
     "organisms": 1,
@@ -16,9 +21,13 @@ STAGE_VERSION = {
     "spectra": 1,
     "tables": 1,
     "calibration": 1,
+    "causal": 1,
+    "limits": 1,
 }
 
-CONFIG_SECTIONS = ["prompts", "organisms", "models", "families", "runtime", "datasets", "capture", "audit", "calibration"]
+# Sections whose every key has a default: an absent section is validated as {} and so filled with the defaults.
+SECTIONS_WITH_DEFAULTS = ["limits"]
+CONFIG_SECTIONS = ["prompts", "organisms", "models", "families", "runtime", "datasets", "capture", "audit", "limits", "causal", "calibration"]
 
 
 def _config_origin():
@@ -40,6 +49,8 @@ def validate_config():
         validate(config, "../config/schema/config.schema.yaml")
     except WorkflowError as error:
         raise WorkflowError(_validation_error(None, error))
+    for section in SECTIONS_WITH_DEFAULTS:
+        config.setdefault(section, {})
     for section in CONFIG_SECTIONS:
         if section in config:
             try:

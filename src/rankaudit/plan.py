@@ -37,6 +37,11 @@ def organism_dir(family: str, role: str) -> str:
     return f"resources/organisms/{family}/{role}"
 
 
+def built_by_workflow(source: str) -> bool:
+    """A relative source under resources/ is a model another rule writes (e.g. resources/abliterated/<family>)."""
+    return source.startswith("resources/")
+
+
 def model_location(config: Mapping[str, Any], model: str) -> str:
     """What to pass to `from_pretrained`: an organism directory, a local path or an HF id."""
     source = config["models"][model]["source"]
@@ -50,9 +55,15 @@ def model_n_layers(config: Mapping[str, Any], model: str) -> int:
     if "n_layers" in entry:
         return int(entry["n_layers"])
     organism = parse_organism(entry["source"])
-    if organism is None:
-        raise ConfigError(f"models.{model}: 'n_layers' is required for a non-organism model (its number of decoder blocks)")
-    return organism_n_layers(config, organism[0])
+    if organism is not None:
+        return organism_n_layers(config, organism[0])
+    # a reference (a fine-tune or weight edit of an aligned model) has its aligned model's depth
+    aligned = [family["aligned"] for family in config["families"].values()
+               if model in family.get("references", []) and family["aligned"] != model]
+    if aligned:
+        return model_n_layers(config, aligned[0])
+    raise ConfigError(f"models.{model}: 'n_layers' is required for a model that is neither an organism nor a reference "
+                      "(its number of decoder blocks)")
 
 
 def organism_n_layers(config: Mapping[str, Any], family: str) -> int:

@@ -1,0 +1,132 @@
+# Limits of the rank diagnostics (METHODS 3 and 7, issue 6). Needs rules/common.smk and rules/capture.smk.
+# One numpy job per family x layer reads that layer's cells once (A/B chat on D_s, every unsafe reference's chat
+# cell, and A/B x raw/chat on every concept set) and writes results/{family}/limits/layer_{layer}.json: the LRH
+# baseline, rank distributions under subsampling without replacement, split-half angles, singular-value gaps, the
+# eps and n sweeps beside pure noise, and the spectral gap per reference (a violated structural bound fails the
+# job). Local aggregators write the tables, the generated limits section and one figure per family.
+# `limits_all` collects everything, for `rule all`.
+
+if config["limits"]["headline_eps"] not in config["limits"]["eps"]:
+    raise WorkflowError(
+        f"{_config_origin()}: invalid config key 'limits.headline_eps': {config['limits']['headline_eps']} "
+        f"is not one of limits.eps {config['limits']['eps']}"
+    )
+
+LIMITS_TABLES = [
+    "limits_lrh_baseline", "limits_lrh_per_layer", "limits_rank_resampling", "limits_eps_sensitivity",
+    "limits_n_sweep", "limits_split_half", "limits_sv_gaps", "limits_kappa_pairs", "limits_kappa_per_reference",
+]
+LIMITS_REPORTED = ["limits_lrh_baseline", "limits_rank_resampling", "limits_eps_sensitivity", "limits_n_sweep",
+                   "limits_kappa_per_reference"]
+
+
+def limits_layer_file(family, layer):
+    return f"results/{family}/limits/layer_{layer}.json"
+
+
+def limits_family_files(family):
+    return [limits_layer_file(family, layer) for layer in plan.family_layers(config, family)]
+
+
+def limits_cells(family, layer):
+    """The activation files one limits job reads (see rankaudit.stages.limits.analyse_limits_layer)."""
+    entry = config["families"][family]
+    return {
+        "safety": {role: activation_file(entry[role], "chat", "safety", layer) for role in ("aligned", "base")},
+        "references": {ref: activation_file(ref, "chat", "safety", layer) for ref in entry.get("references", [])},
+        "concepts": {
+            concept: {role: {fmt: activation_file(entry[role], fmt, concept, layer) for fmt in plan.FORMATS} for role in ("base", "aligned")}
+            for concept in config["datasets"].get("concepts", [])
+        },
+    }
+
+
+def limits_inputs(family, layer):
+    cells = limits_cells(family, layer)
+    return [
+        *cells["safety"].values(),
+        *cells["references"].values(),
+        *(path for by_role in cells["concepts"].values() for by_fmt in by_role.values() for path in by_fmt.values()),
+        *(selected_prompts(concept) for concept in cells["concepts"]),
+    ]
+
+
+def limits_settings():
+    """The limits section without the claim thresholds (those only affect the generated section)."""
+    return {key: value for key, value in config["limits"].items() if key != "claims"}
+
+
+def limits_table_outputs():
+    reported = {
+        name: report(f"results/tables/{name}.md", caption=f"../report/{name}.rst", category="3. Limits", subcategory="tables")
+        for name in LIMITS_REPORTED
+    }
+    plain = {name: f"results/tables/{name}.md" for name in LIMITS_TABLES if name not in LIMITS_REPORTED}
+    return {**reported, **plain}
+
+
+localrules:
+    limits_tables,
+    limits_figure,
+    limits_all,
+
+
+rule limits_layer:
+    input:
+        lambda w: limits_inputs(w.family, int(w.layer)),
+    output:
+        limits_layer_file("{family}", "{layer}"),
+    params:
+        cells=lambda w: limits_cells(w.family, int(w.layer)),
+        models=lambda w: {role: config["families"][w.family][role] for role in ("base", "aligned")},
+        concept_prompts={concept: selected_prompts(concept) for concept in config["datasets"].get("concepts", [])},
+        read_position=config["audit"]["read_position"],
+        limits=limits_settings(),
+        version=STAGE_VERSION["limits"],
+    log:
+        "logs/limits/{family}/layer_{layer}.log",
+    benchmark:
+        "benchmarks/limits/{family}/layer_{layer}.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 10 * attempt,
+    script:
+        "../workflow_scripts/limits_layer.py"
+
+
+rule limits_tables:
+    input:
+        [path for family in config["families"] for path in limits_family_files(family)],
+    output:
+        **limits_table_outputs(),
+        section=report("results/tables/limits_section.md", caption="../report/limits_section.rst", category="3. Limits"),
+        data=[f"results/tables/{name}.{ext}" for name in LIMITS_TABLES for ext in ("parquet", "csv")],
+    params:
+        headline_eps=config["limits"]["headline_eps"],
+        claims=config["limits"]["claims"],
+        version=STAGE_VERSION["limits"],
+    log:
+        "logs/limits/tables.log",
+    script:
+        "../workflow_scripts/limits_tables.py"
+
+
+rule limits_figure:
+    input:
+        lambda w: limits_family_files(w.family),
+    output:
+        report("results/figures/{family}/limits.png", caption="../report/limits_figure.rst", category="3. Limits", subcategory="{family}"),
+    params:
+        headline_eps=config["limits"]["headline_eps"],
+        version=STAGE_VERSION["limits"],
+    log:
+        "logs/limits/figure_{family}.log",
+    script:
+        "../workflow_scripts/limits_figure.py"
+
+
+rule limits_all:
+    input:
+        rules.limits_tables.output,
+        [f"results/figures/{family}/limits.png" for family in config["families"]],

@@ -1,0 +1,17 @@
+"""Snakemake adapter: write the abliterated (weight-orthogonalized) reference model of one family."""
+
+from rankaudit.stages.causal import write_abliterated
+from rankaudit.workflow_logging import log_to
+
+with log_to(snakemake.log[0]):
+    write_abliterated(
+        family=snakemake.wildcards.family,
+        model=snakemake.params.model,
+        direction_path=snakemake.input.direction,
+        output_dir=snakemake.output[0],
+        check_prompts_path=snakemake.input.prompts,
+        section=snakemake.params.causal,
+        system_prompt=snakemake.params.system_prompt,
+        version=snakemake.params.version,
+        threads=snakemake.threads,
+    )
