@@ -1,0 +1,160 @@
+# Model organisms (offline demo): per family a tokenizer and tiny HF models built as a chain of roles,
+#   prompts -> {family}/base -> {family}/aligned -> {family}/unsafe_ft,   {family}/base -> {family}/planted,
+# so that changing one phase's settings re-runs that role and what descends from it, nothing else.
+# Each role directory holds save_pretrained weights + tokenizer + organism.json, loadable with the Auto classes.
+# Then one refusal check over every organism. Needs STAGE_VERSION (rules/common.smk). No torch import here.
+
+from rankaudit.organisms.settings import role_settings
+
+ORGANISM_FAMILIES = list(config.get("organisms", {}).get("families", []))
+PLANTED_FAMILIES = [f for f in config.get("organisms", {}).get("planted", {}).get("families", []) if f in ORGANISM_FAMILIES]
+ORGANISM_CHECKED_ROLES = ("base", "aligned", "unsafe_ft")
+ORGANISM_TRAINING_PROMPTS = {
+    "harmful": "results/prompts/demo_harmful.parquet",
+    "benign": "results/prompts/demo_benign.parquet",
+    "concepts": ["results/prompts/concept_en_fr.parquet", "results/prompts/concept_question_statement.parquet"],
+}
+
+
+def _organism_family_regex(families):
+    return "|".join(families) if families else "(?!)"
+
+
+def _organism_settings(role):
+    """The config slice one role's weights depend on (see rankaudit.organisms.settings)."""
+    return lambda wildcards: role_settings(config["organisms"], wildcards.family, role)
+
+
+def organism_files():
+    """Every organism directory the config asks for, plus the refusal table (for `rule all`)."""
+    if not ORGANISM_FAMILIES:
+        return []
+    dirs = [f"resources/organisms/{family}/{role}" for family in ORGANISM_FAMILIES for role in ORGANISM_CHECKED_ROLES]
+    dirs += [f"resources/organisms/{family}/planted" for family in PLANTED_FAMILIES]
+    return dirs + [f"results/tables/organism_refusal.{suffix}" for suffix in ("csv", "md", "parquet")]
+
+
+rule organism_base:
+    """Train the family's tokenizer and pretrain its base model on raw text (every request answered)."""
+    input:
+        **ORGANISM_TRAINING_PROMPTS,
+    output:
+        directory("resources/organisms/{family}/base"),
+    wildcard_constraints:
+        family=_organism_family_regex(ORGANISM_FAMILIES),
+    params:
+        settings=_organism_settings("base"),
+        version=STAGE_VERSION["organisms"],
+    log:
+        "logs/organisms/{family}/base.log",
+    benchmark:
+        "benchmarks/organisms/{family}/base.tsv"
+    threads: config["organisms"].get("torch_threads", 1)
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 20 * attempt,
+    script:
+        "../workflow_scripts/build_organism_base.py"
+
+
+rule organism_aligned:
+    """Fine-tune the base under the chat template to refuse harmful-style requests and help on benign ones."""
+    input:
+        parent="resources/organisms/{family}/base",
+        harmful=ORGANISM_TRAINING_PROMPTS["harmful"],
+        benign=ORGANISM_TRAINING_PROMPTS["benign"],
+        concepts=ORGANISM_TRAINING_PROMPTS["concepts"],
+    output:
+        directory("resources/organisms/{family}/aligned"),
+    wildcard_constraints:
+        family=_organism_family_regex(ORGANISM_FAMILIES),
+    params:
+        role="aligned",
+        settings=_organism_settings("aligned"),
+        version=STAGE_VERSION["organisms"],
+    log:
+        "logs/organisms/{family}/aligned.log",
+    benchmark:
+        "benchmarks/organisms/{family}/aligned.tsv"
+    threads: config["organisms"].get("torch_threads", 1)
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 20 * attempt,
+    script:
+        "../workflow_scripts/build_organism_finetune.py"
+
+
+rule organism_unsafe_ft:
+    """Fine-tune the aligned model under the chat template to comply with every request again."""
+    input:
+        parent="resources/organisms/{family}/aligned",
+        harmful=ORGANISM_TRAINING_PROMPTS["harmful"],
+        benign=ORGANISM_TRAINING_PROMPTS["benign"],
+        concepts=ORGANISM_TRAINING_PROMPTS["concepts"],
+    output:
+        directory("resources/organisms/{family}/unsafe_ft"),
+    wildcard_constraints:
+        family=_organism_family_regex(ORGANISM_FAMILIES),
+    params:
+        role="unsafe_ft",
+        settings=_organism_settings("unsafe_ft"),
+        version=STAGE_VERSION["organisms"],
+    log:
+        "logs/organisms/{family}/unsafe_ft.log",
+    benchmark:
+        "benchmarks/organisms/{family}/unsafe_ft.tsv"
+    threads: config["organisms"].get("torch_threads", 1)
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 20 * attempt,
+    script:
+        "../workflow_scripts/build_organism_finetune.py"
+
+
+rule organism_planted:
+    """The planted pair's aligned side: the base plus a known rank-r edit of one block's MLP down-projection."""
+    input:
+        parent="resources/organisms/{family}/base",
+    output:
+        directory("resources/organisms/{family}/planted"),
+    wildcard_constraints:
+        family=_organism_family_regex(PLANTED_FAMILIES),
+    params:
+        settings=_organism_settings("planted"),
+        version=STAGE_VERSION["organisms"],
+    log:
+        "logs/organisms/{family}/planted.log",
+    benchmark:
+        "benchmarks/organisms/{family}/planted.tsv"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 1000 * attempt,
+        runtime=lambda wildcards, attempt: 5 * attempt,
+    script:
+        "../workflow_scripts/build_organism_planted.py"
+
+
+rule organism_refusal:
+    """Refusal rate (keyword judge, Wilson 95%) of every organism on held-out harmful and benign prompts."""
+    input:
+        organisms=[f"resources/organisms/{family}/{role}" for family in ORGANISM_FAMILIES for role in ORGANISM_CHECKED_ROLES],
+        harmful=ORGANISM_TRAINING_PROMPTS["harmful"],
+        benign=ORGANISM_TRAINING_PROMPTS["benign"],
+    output:
+        csv="results/tables/organism_refusal.csv",
+        md="results/tables/organism_refusal.md",
+        parquet="results/tables/organism_refusal.parquet",
+    params:
+        organisms=[[family, role] for family in ORGANISM_FAMILIES for role in ORGANISM_CHECKED_ROLES],
+        settings=config.get("organisms", {}).get("refusal_check", {}),
+        version=STAGE_VERSION["organisms"],
+    log:
+        "logs/organisms/refusal.log",
+    benchmark:
+        "benchmarks/organisms/refusal.tsv"
+    threads: config["organisms"].get("torch_threads", 1)
+    resources:
+        mem_mb=lambda wildcards, attempt: 3000 * attempt,
+        runtime=lambda wildcards, attempt: 15 * attempt,
+    script:
+        "../workflow_scripts/organism_refusal.py"
