@@ -139,7 +139,8 @@ def markdown_table(frame: "Any", title: str | None = None, float_format: str = "
     def cell(value: Any) -> str:
         if isinstance(value, (float, np.floating)):
             return float_format.format(value)
-        return str(value)
+        # one table row per line: a newline or a pipe inside a value would break the table
+        return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace("|", "\\|")
 
     lines = []
     if title:

@@ -162,6 +162,7 @@ def check_config(config: Mapping[str, Any], known_datasets: set[str]) -> None:
             problems.append(f"models.{model}: takes part in families rendered with different chat templates {sorted(templates)}; "
                             "set families.<name>.template so that they agree (a model's activations are captured once)")
         try:
+            model_n_layers(config, model)
             model_layers(config, model)
         except ConfigError as error:
             problems.append(str(error))
