@@ -11,7 +11,8 @@ On a random-init Llama (d=512, 8 layers, vocab 32k, batches of 32, as in ARCHITE
 
 Targets: capture / plain <= 1.10; capture no slower than hidden_states with far less peak memory; batch1 /
 capture >= 5. Timings on shared 2-core machines mean little alone, so the script first waits for an idle CPU
-(1-minute load average), interleaves the methods over several rounds, and reports medians and their ratios.
+(1-minute load average), interleaves the methods over several rounds, and reports medians of wall time and of
+process CPU time (the latter is less disturbed by other jobs) and their ratios.
 Peak memory is the largest net torch CPU allocation during one call, from the profiler's memory events.
 Not a test: `make bench` runs it and people read the ratios.
 """
@@ -167,28 +168,32 @@ def main(argv: list[str] | None = None) -> int:
         "batch1": lambda: run_batch1(model, prompts),
     }
     times: dict[str, list[float]] = {name: [] for name in methods}
+    cpu_times: dict[str, list[float]] = {name: [] for name in methods}
     names = list(methods)
     for round_index in range(args.rounds):
         for name in names[round_index % len(names):] + names[:round_index % len(names)]:
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             methods[name]()
             times[name].append(time.perf_counter() - started)
+            cpu_times[name].append(time.process_time() - cpu_started)
     load_after = os.getloadavg()[0]
     median = {name: statistics.median(values) for name, values in times.items()}
+    cpu = {name: statistics.median(values) for name, values in cpu_times.items()}
 
     one_batch = batches[:1]
     first_rows = [prompts[i] for i in one_batch[0][3].tolist()]
     memory = {
         "plain": peak_torch_memory(lambda: run_plain(model, one_batch)),
-        "hidden_states": peak_torch_memory(lambda: run_hidden_states(model, one_batch, len(first_rows))),
-        "hidden_states_base": peak_torch_memory(lambda: run_hidden_states(model.model, one_batch, len(first_rows))),
+        "hidden_states": peak_torch_memory(lambda: run_hidden_states(model, one_batch, len(prompts))),
+        "hidden_states_base": peak_torch_memory(lambda: run_hidden_states(model.model, one_batch, len(prompts))),
         "capture": peak_torch_memory(lambda: run_capture(model, first_rows, args.batch_size)),
     }
 
-    print(f"\n{'method':<20}{'median s':>10}{'min s':>10}{'max s':>10}{'peak MB (1 batch)':>20}")
+    print(f"\n{'method':<20}{'median s':>10}{'min s':>10}{'max s':>10}{'median CPU s':>14}{'peak MB (1 batch)':>20}")
     for name in names:
         peak = f"{memory[name] / 2**20:.1f}" if name in memory else "-"
-        print(f"{name:<20}{median[name]:>10.3f}{min(times[name]):>10.3f}{max(times[name]):>10.3f}{peak:>20}")
+        print(f"{name:<20}{median[name]:>10.3f}{min(times[name]):>10.3f}{max(times[name]):>10.3f}"
+              f"{cpu[name]:>14.3f}{peak:>20}")
     ratios = [
         ("capture / plain forward (time)", median["capture"] / median["plain"], "<= 1.10",
          median["capture"] / median["plain"] <= 1.10),
@@ -206,6 +211,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for label, value, target, met in ratios:
         print(f"{label:<52}{value:>8.3f}   target {target:<12}{'met' if met else 'NOT MET'}")
+    print("\nsame time ratios from process CPU time (less sensitive to other jobs on a busy machine):")
+    for label, first, second in (("capture / plain forward", "capture", "plain"),
+                                 ("capture / output_hidden_states", "capture", "hidden_states"),
+                                 ("capture / base-only output_hidden_states", "capture", "hidden_states_base"),
+                                 ("batch-1 loop / batched capture", "batch1", "capture")):
+        print(f"{label:<52}{cpu[first] / cpu[second]:>8.3f}")
     print(f"\n1-min load average after timing: {load_after:.2f}")
     return 0
 
