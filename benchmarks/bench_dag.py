@@ -59,6 +59,26 @@ def job_stats(text: str) -> Counter:
     return counts
 
 
+def local_rules() -> set[str]:
+    """Rules that run on the submit host: `localrules:` lists and `localrule: True` in rules/*.smk, plus `all`.
+    (A dry run does not say which jobs are local, so the rule files are read line by line.)"""
+    names = {"all"}
+    for path in (REPO / "rules").glob("*.smk"):
+        in_list, rule = False, None
+        for line in path.read_text().splitlines():
+            if line.startswith("localrules:"):
+                in_list = True
+            elif in_list and line.startswith((" ", "\t")) and line.strip():
+                names.update(name for name in line.replace(",", " ").split())
+            else:
+                in_list = False
+            if line.startswith("rule "):
+                rule = line[len("rule "):].rstrip(":").strip()
+            elif rule and line.strip().startswith("localrule: True"):
+                names.add(rule)
+    return names
+
+
 def dataset_rows(config: dict, key: str) -> int:
     if key in ("safety", "control"):
         return int(config["datasets"][key]["n"])
@@ -95,7 +115,7 @@ def main() -> int:
             seconds, counts, _ = dry_run(args.config, workdir, ["all"])
             full.append(seconds)
     one_job_s, full_s = statistics.median(one_job), statistics.median(full)
-    local = {"all", "generated_prompts", "fetch_public_prompts", "select_prompts", "audit_tables", "family_figures"}
+    local = local_rules()
     remote = {rule: n for rule, n in counts.items() if rule not in local}
     gpu = {rule: n for rule, n in counts.items() if rule.startswith("capture_")}
     print(f"config: {args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config}")

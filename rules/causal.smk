@@ -34,8 +34,10 @@ def causal_model(family):
     return {**model_runtime(causal_aligned(family)), "attn_implementation": CAUSAL.get("attn_implementation")}
 
 
-def causal_prompt_file(key):
-    return f"results/prompts/{config['datasets'][key]['dataset']}.parquet"
+def causal_prompt_file(phase, key):
+    """The prompt table of one phase (selection or evaluation): its own dataset if configured, else the audit's."""
+    dataset = CAUSAL.get(phase, {}).get(f"{key}_dataset") or config["datasets"][key]["dataset"]
+    return f"results/prompts/{dataset}.parquet"
 
 
 def causal_selection_layers(family):
@@ -96,8 +98,8 @@ rule causal_select:
     input:
         model=lambda w: model_files(causal_aligned(w.family)),
         activations=lambda w: [path for by_kind in causal_selection_activations(w.family).values() for path in by_kind.values()],
-        harmful=causal_prompt_file("safety"),
-        harmless=causal_prompt_file("control"),
+        harmful=causal_prompt_file("selection", "safety"),
+        harmless=causal_prompt_file("selection", "control"),
     output:
         record=ensure(causal_stem("{family}", "selection") + ".json", non_empty=True),
         direction=causal_stem("{family}", "direction") + ".safetensors",
@@ -127,8 +129,8 @@ rule causal_arditi:
         model=lambda w: model_files(causal_aligned(w.family)),
         record=causal_stem("{family}", "selection") + ".json",
         direction=causal_stem("{family}", "direction") + ".safetensors",
-        harmful=causal_prompt_file("safety"),
-        control=causal_prompt_file("control"),
+        harmful=causal_prompt_file("evaluation", "safety"),
+        control=causal_prompt_file("evaluation", "control"),
     output:
         table=causal_files("{family}", "arditi"),
         prompts=causal_stem("{family}", "arditi_prompts") + ".parquet",
@@ -155,7 +157,7 @@ rule causal_abliterate:
     input:
         model=lambda w: model_files(causal_aligned(w.family)),
         direction=causal_stem("{family}", "direction") + ".safetensors",
-        prompts=causal_prompt_file("safety"),
+        prompts=causal_prompt_file("evaluation", "safety"),
     output:
         directory("resources/abliterated/{family}"),
     params:
@@ -184,8 +186,8 @@ rule causal_sweep:
                                 for by_key in by_dataset.values() for p in by_key.values()}),
         record=causal_stem("{family}", "selection") + ".json",
         direction=causal_stem("{family}", "direction") + ".safetensors",
-        harmful=causal_prompt_file("safety"),
-        control=causal_prompt_file("control"),
+        harmful=causal_prompt_file("evaluation", "safety"),
+        control=causal_prompt_file("evaluation", "control"),
     output:
         summary=causal_files("{family}", "sweep_{basis}"),
         prompts=causal_stem("{family}", "sweep_{basis}_prompts") + ".parquet",

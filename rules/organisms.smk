@@ -7,6 +7,7 @@
 from rankaudit.organisms.settings import role_settings
 
 ORGANISM_FAMILIES = list(config.get("organisms", {}).get("families", []))
+ORGANISM_THREADS = config.get("organisms", {}).get("torch_threads", 1)
 PLANTED_FAMILIES = [f for f in config.get("organisms", {}).get("planted", {}).get("families", []) if f in ORGANISM_FAMILIES]
 ORGANISM_CHECKED_ROLES = ("base", "aligned", "unsafe_ft")
 ORGANISM_TRAINING_PROMPTS = {
@@ -49,7 +50,7 @@ rule organism_base:
         "logs/organisms/{family}/base.log",
     benchmark:
         "benchmarks/organisms/{family}/base.tsv"
-    threads: config["organisms"].get("torch_threads", 1)
+    threads: ORGANISM_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=lambda wildcards, attempt: 20 * attempt,
@@ -76,7 +77,7 @@ rule organism_aligned:
         "logs/organisms/{family}/aligned.log",
     benchmark:
         "benchmarks/organisms/{family}/aligned.tsv"
-    threads: config["organisms"].get("torch_threads", 1)
+    threads: ORGANISM_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=lambda wildcards, attempt: 20 * attempt,
@@ -103,7 +104,7 @@ rule organism_unsafe_ft:
         "logs/organisms/{family}/unsafe_ft.log",
     benchmark:
         "benchmarks/organisms/{family}/unsafe_ft.tsv"
-    threads: config["organisms"].get("torch_threads", 1)
+    threads: ORGANISM_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=lambda wildcards, attempt: 20 * attempt,
@@ -152,7 +153,7 @@ rule organism_refusal:
         "logs/organisms/refusal.log",
     benchmark:
         "benchmarks/organisms/refusal.tsv"
-    threads: config["organisms"].get("torch_threads", 1)
+    threads: ORGANISM_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 3000 * attempt,
         runtime=lambda wildcards, attempt: 15 * attempt,

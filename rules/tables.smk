@@ -27,6 +27,10 @@ rule audit_tables:
         version=STAGE_VERSION["tables"],
     log:
         "logs/tables/audit_tables.log",
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 10 * attempt,
     script:
         "../workflow_scripts/audit_tables.py"
 
@@ -42,5 +46,9 @@ rule family_figures:
         version=STAGE_VERSION["tables"],
     log:
         "logs/figures/{family}.log",
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 1000 * attempt,
+        runtime=lambda wildcards, attempt: 10 * attempt,
     script:
         "../workflow_scripts/family_figures.py"
