@@ -35,6 +35,12 @@ def demo_config() -> dict:
 
 
 @pytest.fixture(scope="session")
+def run_snakemake():
+    """The `snakemake` runner above, for tests that re-run or dry-run the finished demo."""
+    return snakemake
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(working directory, config file) of a finished demo run."""
     workdir = tmp_path_factory.mktemp("demo")

@@ -17,8 +17,6 @@ from rankaudit.organisms.planted import load_planted
 from rankaudit.resampling import principal_angles
 from rankaudit.stages.layer_analysis import read_cell
 
-from .conftest import snakemake
-
 pytestmark = pytest.mark.slow
 
 
@@ -101,20 +99,20 @@ def test_diagnosis_tables_cover_every_family(demo_run: tuple[Path, Path]) -> Non
         assert (workdir / f"results/tables/{name}.md").stat().st_size > 0
 
 
-def test_finished_run_has_nothing_to_do(demo_run: tuple[Path, Path]) -> None:
+def test_finished_run_has_nothing_to_do(demo_run: tuple[Path, Path], run_snakemake) -> None:
     workdir, config = demo_run
-    result = snakemake(workdir, config, "-n")
+    result = run_snakemake(workdir, config, "-n")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Nothing to be done" in result.stdout + result.stderr, (result.stdout + result.stderr)[-3000:]
 
 
-def test_changing_eps_reruns_only_analysis(demo_run: tuple[Path, Path], tmp_path: Path) -> None:
+def test_changing_eps_reruns_only_analysis(demo_run: tuple[Path, Path], tmp_path: Path, run_snakemake) -> None:
     workdir, config_path = demo_run
     config = yaml.safe_load(config_path.read_text())
     config["audit"]["eps"] = [0.05, 0.1]
     changed = tmp_path / "eps.yaml"
     changed.write_text(yaml.safe_dump(config, sort_keys=False))
-    result = snakemake(workdir, changed, "-n")
+    result = run_snakemake(workdir, changed, "-n")
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = scheduled_jobs(result.stdout + result.stderr)
     assert jobs.get("layer_spectra", 0) > 0
@@ -122,8 +120,8 @@ def test_changing_eps_reruns_only_analysis(demo_run: tuple[Path, Path], tmp_path
     assert not forward_passes, f"changing eps re-runs model work: {forward_passes}"
 
 
-def test_report_builds(demo_run: tuple[Path, Path]) -> None:
+def test_report_builds(demo_run: tuple[Path, Path], run_snakemake) -> None:
     workdir, config = demo_run
-    result = snakemake(workdir, config, "--report", str(workdir / "report.html"))
+    result = run_snakemake(workdir, config, "--report", str(workdir / "report.html"))
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     assert (workdir / "report.html").stat().st_size > 10_000
