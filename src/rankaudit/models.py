@@ -55,8 +55,12 @@ def load_model(
     attn_implementation: str | None = None,
 ) -> Any:
     """Load a causal LM for measurement: evaluation mode, gradients off, on `device` in `dtype`."""
+    import torch
     from transformers import AutoModelForCausalLM
 
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"{source}: device {device!r} requested but torch sees no CUDA device; set runtime.device "
+                         "(or models.<name>.device) to cpu, or run this job on a GPU node")
     started = time.perf_counter()
     # no device_map: transformers needs `accelerate` for it; weights load on the CPU and move once
     kwargs: dict[str, Any] = {"revision": revision, "dtype": _torch_dtype(dtype), "trust_remote_code": trust_remote_code}
