@@ -88,13 +88,16 @@ def test_zero_basis_changes_nothing_bit_for_bit(tiny_family):
 def test_bad_basis_is_refused_naming_the_layer(tiny_families):
     model = tiny_families["llama"].model
     d = model.config.hidden_size
+    blocks = decoder_blocks(model)[1]
+    # transformers installs hooks of its own (output capturing); only ours must be gone
+    before = [(len(block._forward_hooks), len(block._forward_pre_hooks)) for block in blocks]
     with pytest.raises(ValueError, match="layer 2.*not orthonormal"):
         with iv.projection_ablation(model, {2: np.ones((d, 2))}):
             pass
     with pytest.raises(ValueError, match="does not live in R"):
         with iv.projection_ablation(model, {1: np.eye(d + 1)[:, :2]}):
             pass
-    assert not any(block._forward_hooks or block._forward_pre_hooks for block in decoder_blocks(model)[1])
+    assert [(len(block._forward_hooks), len(block._forward_pre_hooks)) for block in blocks] == before
 
 
 def _residuals(model, ids, layers):
