@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from benchcommon import wait_for_idle
 
 from rankaudit.interventions import projection_ablation
 from rankaudit.organisms.generation import generate_greedy
@@ -46,17 +47,6 @@ class IdTokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return " ".join(str(i) for i in ids)
 
-
-def wait_for_idle(threshold: float, max_wait: float) -> str:
-    started = time.monotonic()
-    while True:
-        load = os.getloadavg()[0]
-        waited = time.monotonic() - started
-        if load < threshold:
-            return f"CPU idle: 1-min load average {load:.2f} < {threshold} (waited {waited:.0f}s)"
-        if waited >= max_wait:
-            return f"CPU NOT idle after {waited:.0f}s (load {load:.2f}): absolute times unreliable, the interleaved ratio less so"
-        time.sleep(10)
 
 
 def load(args: argparse.Namespace) -> tuple[Any, Any, list[str]]:

@@ -19,19 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from benchcommon import wait_for_idle
+
 from rankaudit import io, matrices
 from rankaudit.stages.layer_analysis import CELL_KEYS, analyse_layer
 from rankaudit.plan import VARIANTS_PER_DATASET
 
 N, D, LAYERS = 200, 4096, 33
-
-
-def wait_for_idle_cpu(max_wait: float = 300.0, threshold: float = 1.0) -> float:
-    """Timings mean little while other work runs: wait (bounded) for the 1-minute load to drop."""
-    started = time.time()
-    while os.getloadavg()[0] > threshold and time.time() - started < max_wait:
-        time.sleep(5)
-    return os.getloadavg()[0]
 
 
 def write_cells(root: Path, rng: np.random.Generator) -> dict:
@@ -50,7 +44,7 @@ def write_cells(root: Path, rng: np.random.Generator) -> dict:
 
 
 def main() -> None:
-    load = wait_for_idle_cpu()
+    idle = wait_for_idle(threshold=1.0, max_wait=300)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -76,7 +70,7 @@ def main() -> None:
         baseline = time.perf_counter() - started
     n_matrices = LAYERS * sum(len(v) for v in VARIANTS_PER_DATASET.values())
     print(f"paper-sized spectra: n={N}, d={D}, {LAYERS} layers, {n_matrices} matrices x (uncentered, centered), "
-          f"4 eps, directions; 1-min load before start {load:.2f}")
+          f"4 eps, directions; {idle}")
     print(f"  analyse_layer, all layers (incl. reading cells, writing JSON): {ours:.1f} s  (target: < 60 s)")
     print(f"  baseline, numpy full SVD of the same matrices only:           {baseline:.1f} s")
     print(f"  ratio ours / baseline: {ours / baseline:.2f}")
