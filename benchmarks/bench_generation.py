@@ -18,7 +18,6 @@ Llama (d=512, 8 layers, vocab 32k) with prompts of random token ids. Not a test:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
