@@ -78,15 +78,21 @@ def test_every_prompt_is_forwarded_exactly_once(demo_run: tuple[Path, Path]) -> 
     assert shared == config["families"]["llama"]["base"] and shared in records
 
 
-def test_chat_prompts_carry_exactly_one_bos(demo_run: tuple[Path, Path]) -> None:
+def test_prompts_carry_exactly_one_bos(demo_run: tuple[Path, Path]) -> None:
     workdir, _ = demo_run
     for path in (workdir / "results/acts").glob("*/capture_record.json"):
-        record = json.loads(path.read_text())
-        for cell in record["cells"]:
-            bos = cell["encoding"]["bos_token"]
+        cells = json.loads(path.read_text())["cells"]
+        chat = next(cell for cell in cells if cell["format"] == "chat")
+        if chat["encoding"]["bos_token"] is None:
+            continue
+        bos = chat["encoding"]["bos_token"]
+        bos_id = chat["prompts"][0]["token_ids"][0]
+        for cell in cells:
             for prompt in cell["prompts"]:
-                if bos is not None:
-                    assert prompt["rendered"].count(bos) == 1, f"{path}: {cell['format']} prompt {prompt['index']}"
+                assert prompt["token_ids"].count(bos_id) == 1 and prompt["token_ids"][0] == bos_id, (
+                    f"{path}: {cell['format']}/{cell['dataset']} prompt {prompt['index']}")
+                if cell["format"] == "chat":
+                    assert prompt["rendered"].count(bos) == 1
 
 
 def test_diagnosis_tables_cover_every_family(demo_run: tuple[Path, Path]) -> None:
