@@ -92,6 +92,6 @@ def _fit(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, lr: float
         optimizer.step()
         if (epoch + 1) % 100 == 0:
             log.info("epoch %d/%d: label loss %.4f, regularizer %.4f", epoch + 1, epochs, label_loss.item(),
-                     float(regularizer))
+                     float(regularizer.detach()))
     model.eval()
     return TrainingRecord(epochs, float(label_loss.detach()), float(regularizer.detach()), float(total.detach()))
