@@ -47,17 +47,56 @@ class _StopForward(Exception):
     """Raised by the hook after the deepest requested layer to skip the rest of the forward."""
 
 
+def model_name(model: Any) -> str:
+    """The model's class and, when it was loaded from somewhere, its source (for error messages)."""
+    source = getattr(getattr(model, "config", None), "name_or_path", "") or ""
+    return f"{type(model).__name__} ({source})" if source else type(model).__name__
+
+
 def decoder_blocks(model: Any) -> tuple[Any, Any]:
-    """(base transformer, its list of decoder blocks), found generically from the config's layer count."""
+    """(base transformer, its list of decoder blocks) of a decoder-only causal LM.
+
+    The blocks are the `torch.nn.ModuleList` of `num_hidden_layers` entries at `base.layers` (the Llama lineage:
+    Mistral, Qwen, Gemma, Phi-3, OLMo) or, failing that, the one such list among the base model's direct
+    children (GPT-2 style `h`). Encoders keep theirs deeper (`encoder.layer`) and are refused here, as are
+    encoder-decoder models and models without a generation head, before any forward pass.
+    """
     import torch
 
+    name = model_name(model)
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "get_text_config"):
+        raise ValueError(f"{name}: not a Hugging Face model (no config); no decoder blocks to hook")
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"{name}: an encoder-decoder model; rankaudit needs decoder blocks of a decoder-only causal LM")
+    can_generate = getattr(model, "can_generate", None)
+    if can_generate is None or not can_generate():
+        raise ValueError(f"{name}: no decoder blocks: not a causal LM (it cannot generate); "
+                         "load decoder-only models with AutoModelForCausalLM")
     base = getattr(model, "base_model", model)
-    n_layers = model.config.get_text_config().num_hidden_layers
-    candidates = [getattr(base, "layers", None)] + [child for child in base.children()]
-    for candidate in candidates:
-        if isinstance(candidate, torch.nn.ModuleList) and len(candidate) == n_layers:
-            return base, candidate
-    raise ValueError(f"{type(model).__name__}: no list of {n_layers} decoder blocks found in {type(base).__name__}")
+    n_layers = config.get_text_config().num_hidden_layers
+    layers = getattr(base, "layers", None)
+    if isinstance(layers, torch.nn.ModuleList) and len(layers) == n_layers:
+        return base, layers
+    found = [child for child in base.children() if isinstance(child, torch.nn.ModuleList) and len(child) == n_layers]
+    if len(found) == 1:
+        return base, found[0]
+    children = ", ".join(f"{child_name} ({type(child).__name__})" for child_name, child in base.named_children())
+    raise ValueError(f"{name}: no decoder blocks: {'no' if not found else 'more than one'} list of {n_layers} blocks "
+                     f"(num_hidden_layers) at {type(base).__name__}.layers or among its children [{children}]; "
+                     "add where this family keeps its blocks to rankaudit.capture.decoder_blocks")
+
+
+def input_device(model: Any) -> Any:
+    """Where token ids must go: the input embedding's execution device (under a device map, where the
+    embedding runs; its weight may sit on the meta device when accelerate offloads it)."""
+    import torch
+
+    embeddings = model.get_input_embeddings()
+    execution = getattr(getattr(embeddings, "_hf_hook", None), "execution_device", None)
+    if execution is not None:
+        return torch.device(execution) if not isinstance(execution, int) else torch.device("cuda", execution)
+    return embeddings.weight.device
 
 
 def resolve_layers(spec: str | Sequence[int], n_blocks: int) -> list[int]:
@@ -151,7 +190,7 @@ def capture_residual_stream(
             raise ValueError(f"prompt {index}: {len(prompt)} tokens, not more than the template suffix "
                              f"({post_instruction_len} tokens)")
     if device is None:
-        device = next(model.parameters()).device
+        device = input_device(model)
     d = model.config.get_text_config().hidden_size
     n = len(prompts)
     out: dict[int, dict[str, np.ndarray]] = {}
