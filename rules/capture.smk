@@ -1,6 +1,8 @@
 # Activation capture: one job per model loads it once and captures every (format, dataset) cell it takes part
 # in, all requested layers in one forward pass, writing one float32 safetensors file per layer and cell.
 
+from rankaudit.resources import job_resources
+
 
 def model_files(model):
     """Inputs that must exist before a model can be loaded: its directory when the workflow builds it."""
@@ -21,6 +23,28 @@ def model_runtime(model):
         "dtype": entry.get("dtype", config["runtime"]["dtype"]),
         "device": entry.get("device", config["runtime"]["device"]),
         "n_layers": plan.model_n_layers(config, model),
+        # placement keys only when set, so that configs without them keep their params (no reruns)
+        **{key: value for key in ("device_map", "max_memory")
+           if (value := entry.get(key, config["runtime"].get(key))) is not None},
+    }
+
+
+def model_resources(model_of, *, mem_mb, minutes, weight_copies=1):
+    """`resources:` of a rule that loads one model, sized for that model (rankaudit.resources.job_resources).
+
+    `model_of` is the model's name or a function of the wildcards giving it; `mem_mb` and `minutes` are the
+    rule's floor. Use as `resources: **model_resources(...)`.
+    """
+
+    def estimate(wildcards, attempt):
+        model = model_of(wildcards) if callable(model_of) else model_of
+        return job_resources(config["models"][model], config["runtime"], mem_mb=mem_mb, minutes=minutes,
+                             attempt=attempt, weight_copies=weight_copies)
+
+    return {
+        "mem_mb": lambda wildcards, attempt: estimate(wildcards, attempt)["mem_mb"],
+        "runtime": lambda wildcards, attempt: estimate(wildcards, attempt)["runtime"],
+        "gpu": lambda wildcards: estimate(wildcards, 1)["gpu"],
     }
 
 
@@ -38,10 +62,6 @@ def capture_outputs(model):
         for fmt, key in plan.model_cells(config, model)
         for layer in plan.model_layers(config, model)
     ]
-
-
-def uses_gpu(model):
-    return model_runtime(model)["device"].startswith("cuda")
 
 
 rule select_prompts:
@@ -101,8 +121,6 @@ for _model in plan.captured_models(config):
             f"benchmarks/capture/{_model}.tsv"
         threads: 2
         resources:
-            mem_mb=lambda wildcards, attempt: 8000 * attempt,
-            runtime=lambda wildcards, attempt: 60 * attempt,
-            gpu=1 if uses_gpu(_model) else 0,
+            **model_resources(_model, mem_mb=8000, minutes=60),
         script:
             "../workflow_scripts/capture_activations.py"

@@ -3,6 +3,8 @@
 Everything goes through `AutoConfig` / `AutoTokenizer` / `AutoModelForCausalLM` (an HF id or a local
 directory), so a real family and a demo organism load the same way. The pair checks and the chat-template check
 work from a config or tokenizer alone: a mismatched pair fails in seconds, not after two 16 GB downloads.
+Weights (safetensors only) are materialised on their device through an accelerate `device_map`: one device, or
+several GPUs for a model larger than one (docs/CLUSTER.md, "Models larger than one GPU").
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from rankaudit.capture import decoder_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -45,29 +50,70 @@ def load_tokenizer(source: str, *, revision: str | None = None, trust_remote_cod
     return tokenizer
 
 
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+OFFLOAD_DEVICES = ("cpu", "disk")
+
+
+def _mapped_devices(device: str, device_map: str | Mapping[str, Any] | None) -> list[str]:
+    """Every device a load will place weights on (an integer in a map is a CUDA ordinal)."""
+    if isinstance(device_map, Mapping):
+        return [f"cuda:{value}" if isinstance(value, int) else str(value) for value in device_map.values()]
+    return [device]
+
+
+def _placement(device: str, device_map: str | Mapping[str, Any] | None) -> str | dict[str, Any]:
+    """What `from_pretrained` gets as `device_map`: one device as {"": device}, else the strategy or map itself."""
+    if device_map is None:
+        return {"": device}
+    if isinstance(device_map, str) and device_map not in DEVICE_MAP_STRATEGIES:
+        raise ValueError(f"device_map {device_map!r} is neither a module -> device map nor one of {DEVICE_MAP_STRATEGIES}")
+    return dict(device_map) if isinstance(device_map, Mapping) else device_map
+
+
 def load_model(
     source: str,
     *,
     revision: str | None = None,
     dtype: str = "float32",
     device: str = "cpu",
+    device_map: str | Mapping[str, Any] | None = None,
+    max_memory: Mapping[str, Any] | None = None,
+    offload_folder: str | None = None,
     trust_remote_code: bool = False,
     attn_implementation: str | None = None,
 ) -> Any:
-    """Load a causal LM for measurement: evaluation mode, gradients off, on `device` in `dtype`."""
+    """Load a causal LM for measurement: evaluation mode, gradients off, in `dtype`, safetensors weights only.
+
+    Weights are materialised where they will run (no copy through host memory): on `device` when `device_map`
+    is None, else placed by accelerate: a strategy ("auto", ...) spreads the blocks over the visible GPUs
+    within `max_memory` ({device: "70GiB"}), a dict places modules by name. A strategy that had to put modules on
+    the CPU or disk for a CUDA run is refused: the model does not fit the GPUs the job holds. `offload_folder` is
+    only for maps with "disk" entries (tests exercise accelerate's dispatch hooks on a CPU machine with them).
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"{source}: device {device!r} requested but torch sees no CUDA device; set runtime.device "
-                         "(or models.<name>.device) to cpu, or run this job on a GPU node")
+    wants_cuda = [where for where in _mapped_devices(device, device_map) if where.startswith("cuda")]
+    if wants_cuda and not torch.cuda.is_available():
+        raise ValueError(f"{source}: device {wants_cuda[0]!r} requested but torch sees no CUDA device; set runtime.device "
+                         "(or models.<name>.device / device_map) to cpu, or run this job on a GPU node")
     started = time.perf_counter()
-    # no device_map: transformers needs `accelerate` for it; weights load on the CPU and move once
-    kwargs: dict[str, Any] = {"revision": revision, "dtype": _torch_dtype(dtype), "trust_remote_code": trust_remote_code}
+    kwargs: dict[str, Any] = {"revision": revision, "dtype": _torch_dtype(dtype), "trust_remote_code": trust_remote_code,
+                              "device_map": _placement(device, device_map), "use_safetensors": True}
+    if max_memory is not None:  # config keys are strings; accelerate names GPUs by integer
+        kwargs["max_memory"] = {int(key) if str(key).isdigit() else key: value for key, value in max_memory.items()}
+    if offload_folder is not None:
+        kwargs["offload_folder"] = offload_folder
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    model.to(device)
+    decoder_blocks(model)  # an unsupported architecture fails here, its error naming `source` (config.name_or_path)
+    placed = dict(getattr(model, "hf_device_map", None) or {"": device})
+    offloaded = sorted(name for name, where in placed.items() if str(where) in OFFLOAD_DEVICES)
+    if isinstance(device_map, str) and device.startswith("cuda") and offloaded:
+        raise ValueError(f"{source}: device_map {device_map!r} offloaded {offloaded[:3]} to the CPU/disk: the model does "
+                         f"not fit the visible GPUs within max_memory {dict(max_memory or {})}; give the job more GPUs "
+                         "(models.<name>.resources.gpus) or raise max_memory")
     model.eval()
     model.requires_grad_(False)
     n_params = sum(parameter.numel() for parameter in model.parameters())
@@ -75,9 +121,36 @@ def load_model(
     logger.info(
         "loaded model %s (revision %s): %s, %.3gM parameters, %d layers, d=%d, %s on %s, attention %s, in %.2fs",
         source, revision or "default", type(model).__name__, n_params / 1e6, text_config.num_hidden_layers,
-        text_config.hidden_size, dtype, device, model.config._attn_implementation, time.perf_counter() - started,
+        text_config.hidden_size, dtype, _placement_summary(placed), model.config._attn_implementation,
+        time.perf_counter() - started,
     )
     return model
+
+
+def load_model_from_spec(spec: Mapping[str, Any], *, location: str | None = None) -> Any:
+    """`load_model` with the settings of a workflow model spec (rules/capture.smk `model_runtime`).
+
+    `location` replaces the spec's own (e.g. a reloaded copy of the model) while keeping its placement and dtype.
+    """
+    return load_model(
+        location or spec["location"],
+        revision=None if location else spec.get("revision"),
+        dtype=spec.get("dtype", "float32"),
+        device=spec.get("device", "cpu"),
+        device_map=spec.get("device_map"),
+        max_memory=spec.get("max_memory"),
+        trust_remote_code=bool(spec.get("trust_remote_code", False)),
+        attn_implementation=spec.get("attn_implementation"),
+    )
+
+
+def _placement_summary(placed: Mapping[str, Any]) -> str:
+    if len(placed) == 1:
+        return str(next(iter(placed.values())))
+    counts: dict[str, int] = {}
+    for where in placed.values():
+        counts[str(where)] = counts.get(str(where), 0) + 1
+    return ", ".join(f"{where} ({n} modules)" for where, n in counts.items())
 
 
 def _config_of(model_or_config: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import Any
 from rankaudit import __version__, io
 from rankaudit.capture import CaptureStats, capture_residual_stream
 from rankaudit.formats import EncodedPrompts, encode_prompts, special_tokens_in
-from rankaudit.models import check_pair, load_config, load_model, load_tokenizer, require_chat_template, untrained_special_tokens
+from rankaudit.models import check_pair, load_config, load_model_from_spec, load_tokenizer, require_chat_template, untrained_special_tokens
 from rankaudit.prompts import read_prompt_set
 from rankaudit.prompts.tables import instructions_sha256
 
@@ -77,7 +77,7 @@ def capture_model(
         encoded[(fmt, key)] = encode_prompts(tokenizer, list(frames[key]["instruction"]), fmt,
                                              system_prompt=system_prompt, mean_last_k=mean_last_k)
 
-    network = load_model(model["location"], dtype=model["dtype"], device=model["device"], **_loader_args(model))
+    network = load_model_from_spec(model)
     chat_ids = [ids for (fmt, _), prompts in encoded.items() if fmt == "chat" for ids in prompts.token_ids]
     flagged = untrained_special_tokens(network, chat_tokenizer, special_tokens_in(chat_tokenizer, chat_ids), name=model_name) if chat_ids else []
 
@@ -91,7 +91,7 @@ def capture_model(
         before = stats.n_forward_rows
         activations = capture_residual_stream(
             network, prompts.token_ids, layers, batch_size=batch_size, mean_last_k=mean_last_k,
-            post_instruction_len=prompts.post_instruction_len, device=model["device"],
+            post_instruction_len=prompts.post_instruction_len,
             pad_token_id=_pad_id(chat_tokenizer if fmt == "chat" else own_tokenizer), stats=stats,
         )
         dataset_hash = instructions_sha256(frames[key])
