@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-SECTIONS = ("prompts", "organisms", "models", "families", "runtime", "datasets", "capture", "audit", "limits",
-            "causal", "calibration")
+SECTIONS = ("prompts", "organisms", "checkpoints", "models", "families", "runtime", "datasets", "capture", "audit",
+            "limits", "causal", "calibration")
 BEGIN = "<!-- BEGIN GENERATED KEY REFERENCE (python -m rankaudit.configdoc) -->"
 END = "<!-- END GENERATED KEY REFERENCE -->"
 

@@ -6,8 +6,16 @@ The formats (METHODS §1):
   exactly one BOS in front and nothing else.
 - `chat`: the *aligned* tokenizer's chat template applied to one user turn with the generation prompt, rendered
   to a string and tokenized with `add_special_tokens=False` (the template already wrote the BOS; encoding it
-  again gave the paper's double BOS). Exactly one BOS, at position 0, is asserted for BOS families. The base model
-  is fed these same ids.
+  again gave the paper's double BOS). The base model is fed these same ids.
+
+The BOS check (both formats). The defect it refuses is a duplicated *leading* BOS: the BOS id at positions 0 and 1,
+i.e. a template that wrote one and a tokenizer that added another. For BOS families (the tokenizer's normal
+encoding puts the BOS in front: Llama, Gemma) the BOS must also sit at position 0. A BOS id that the template
+itself uses inside the prompt is not a defect: SmolLM2 declares ChatML's `<|im_start|>` as its BOS, and its
+template opens every turn with it (three in a prompt with the default system turn). So beyond the leading
+positions the check only asks that a prompt hold as many BOS ids as its format writes by itself (counted on a
+sentinel instruction for chat; one or none for raw): an extra one means the instruction text contained the BOS
+string.
 
 `system_prompt` chooses what happens to a system turn the template inserts on its own:
 
@@ -20,6 +28,8 @@ The formats (METHODS §1):
   turn, the next one opens the user turn), and keep the BOS. Per family this gives: Llama-3.1
   `<|begin_of_text|><|start_header_id|>user...` (date header gone); Qwen-2.5 `<|im_start|>user...` (default system
   turn gone); Gemma-2 (the template refuses system messages and inserts none) the same string as "default".
+  A BOS kept this way is a sequence prefix: a BOS the template repeats as a turn opener (SmolLM2's ChatML, whose
+  BOS is `<|im_start|>`) belongs to the system turn and goes with it.
   Templates that fold a system message into the user turn (Gemma-3 style) also insert no default, so "none"
   equals "default" there too. The rule applied and the exact text removed are recorded in the metadata.
 
@@ -139,7 +149,9 @@ class ChatRenderer:
         self._added = _added_token_strings(tokenizer)
         bos = tokenizer.bos_token
         default = _render(tokenizer, [{"role": "user", "content": INSTRUCTION_SENTINEL}])
-        self._prefix = bos if bos and default.startswith(bos) else ""
+        # a BOS that opens the rendering and occurs nowhere else is a sequence prefix, kept when the system turn is
+        # cut; one the template repeats (ChatML's <|im_start|> declared as BOS) opens the system turn itself
+        self._prefix = bos if bos and default.startswith(bos) and default.count(bos) == 1 else ""
         self.strip_system = False
         self.removed_system_text = ""
         if system_prompt == "default":
@@ -188,16 +200,19 @@ class ChatRenderer:
         return stripped
 
 
-def _check_bos(ids: Sequence[int], bos_id: int | None, uses_bos: bool, where: str) -> None:
-    """Exactly one BOS, at position 0, for BOS families; never more than one anywhere otherwise."""
+def _check_bos(ids: Sequence[int], bos_id: int | None, uses_bos: bool, format_count: int, where: str) -> None:
+    """No duplicated leading BOS; BOS at position 0 for BOS families; no more BOS ids than the format writes."""
     if bos_id is None:
         return
     count = sum(1 for token in ids if token == bos_id)
-    if uses_bos and (count != 1 or not ids or ids[0] != bos_id):
-        raise ValueError(f"{where}: {count} BOS token(s) (id {bos_id}), expected exactly one at position 0 "
-                         "(a BOS written by the template and added again by the tokenizer gives two)")
-    if not uses_bos and count > 1:
-        raise ValueError(f"{where}: {count} BOS tokens (id {bos_id}), expected at most one")
+    if len(ids) > 1 and ids[0] == bos_id and ids[1] == bos_id:
+        raise ValueError(f"{where}: duplicated leading BOS (id {bos_id} at positions 0 and 1, {count} BOS tokens in all): "
+                         "a BOS written by the template (or the instruction text) and added again by the tokenizer")
+    if uses_bos and (not ids or ids[0] != bos_id):
+        raise ValueError(f"{where}: no BOS (id {bos_id}) at position 0, which this tokenizer's own encoding puts there")
+    if count != format_count:
+        raise ValueError(f"{where}: {count} BOS tokens (id {bos_id}), expected {format_count} (what the format writes "
+                         "for any instruction); the instruction text contains the BOS string")
 
 
 def _read_positions(length: int, mean_last_k: int, post_instruction_len: int) -> dict[str, tuple[int, ...]]:
@@ -245,12 +260,14 @@ def encode_prompts(
                                  f"special tokens other than one leading BOS ({row[:3]}...{row[-3:]})")
         suffix_ids: tuple[int, ...] = ()
         suffix_text = ""
+        format_bos_count = 1 if uses_bos else 0
         rule, removed, recorded_system = "raw format has no system turn", "", "none"
     else:
         renderer = ChatRenderer(tokenizer, system_prompt)
         sentinel_rendered = renderer.render(INSTRUCTION_SENTINEL)
         suffix_text = sentinel_rendered[sentinel_rendered.rindex(INSTRUCTION_SENTINEL) + len(INSTRUCTION_SENTINEL):]
         suffix_ids = tuple(tokenizer(suffix_text, add_special_tokens=False)["input_ids"]) if suffix_text else ()
+        format_bos_count = tokenizer(sentinel_rendered, add_special_tokens=False)["input_ids"].count(bos_id)
         rendered = [renderer.render(instruction) for instruction in instructions]
         ids = [list(row) for row in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
         for index, row in enumerate(ids):
@@ -260,7 +277,7 @@ def encode_prompts(
         rule, removed, recorded_system = renderer.rule, renderer.removed_system_text, system_prompt
     records = []
     for index, (instruction, text, row) in enumerate(zip(instructions, rendered, ids)):
-        _check_bos(row, bos_id, uses_bos, f"{_describe(index, instruction)} in format {fmt}")
+        _check_bos(row, bos_id, uses_bos, format_bos_count, f"{_describe(index, instruction)} in format {fmt}")
         if len(row) <= len(suffix_ids):
             raise ValueError(f"{_describe(index, instruction)} in format {fmt}: no tokens before the template suffix")
         records.append(PromptRecord(index, instruction, text, tuple(row),

@@ -52,8 +52,55 @@ def test_chat_format_has_exactly_one_bos_where_encoding_it_naively_gives_two(tin
 def test_a_template_that_writes_two_bos_is_refused_naming_the_prompt(tiny_families):
     tokenizer = _fresh_tokenizer(tiny_families["llama"])
     tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
-    with pytest.raises(ValueError, match=r"prompt 0 \('How do I bake bread\?'\).*2 BOS"):
+    with pytest.raises(ValueError, match=r"prompt 0 \('How do I bake bread\?'\).*duplicated leading BOS.*2 BOS"):
         encode_prompts(tokenizer, INSTRUCTIONS, "chat")
+
+
+def test_a_bos_family_template_without_the_bos_is_refused(tiny_families):
+    tokenizer = _fresh_tokenizer(tiny_families["llama"])
+    tokenizer.chat_template = tokenizer.chat_template.replace("{{- bos_token }}", "")
+    with pytest.raises(ValueError, match=r"prompt 0 .*no BOS \(id \d+\) at position 0"):
+        encode_prompts(tokenizer, INSTRUCTIONS, "chat")
+
+
+def _chatml_with_im_start_bos(tiny_families):
+    """SmolLM2's convention: a ChatML tokenizer that declares `<|im_start|>` its BOS but never adds it itself."""
+    tokenizer = _fresh_tokenizer(tiny_families["qwen2"])
+    tokenizer.bos_token = "<|im_start|>"
+    return tokenizer
+
+
+def test_a_bos_the_template_uses_inside_the_prompt_is_accepted(tiny_families):
+    tokenizer = _chatml_with_im_start_bos(tiny_families)
+    bos_id = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    assert tokenizer.bos_token_id == bos_id and not family_uses_bos(tokenizer)
+    chat = encode_prompts(tokenizer, INSTRUCTIONS, "chat")
+    for record in chat.records:
+        assert record.token_ids.count(bos_id) == 3  # system, user and assistant turns each open with it
+        assert record.token_ids[0] == bos_id and record.token_ids[1] != bos_id
+        assert list(record.token_ids) == tokenizer(record.rendered, add_special_tokens=False)["input_ids"]
+    assert not chat.uses_bos and chat.bos_token is None
+    none = encode_prompts(tokenizer, INSTRUCTIONS, "chat", system_prompt="none")
+    assert none.records[0].rendered == "<|im_start|>user\nHow do I bake bread?<|im_end|>\n<|im_start|>assistant\n"
+    assert none.removed_system_text == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    assert [record.token_ids.count(bos_id) for record in none.records] == [2, 2, 2]
+    raw = encode_prompts(tokenizer, INSTRUCTIONS, "raw")
+    assert all(bos_id not in record.token_ids for record in raw.records)
+
+
+def test_a_duplicated_leading_im_start_bos_is_refused(tiny_families):
+    tokenizer = _chatml_with_im_start_bos(tiny_families)
+    tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
+    with pytest.raises(ValueError, match=r"prompt 0 .*duplicated leading BOS \(id \d+ at positions 0 and 1, 4 BOS"):
+        encode_prompts(tokenizer, INSTRUCTIONS, "chat")
+
+
+def test_an_instruction_adding_a_bos_the_template_uses_is_refused_naming_it(tiny_families):
+    tokenizer = _chatml_with_im_start_bos(tiny_families)
+    with pytest.raises(ValueError, match=r"prompt 1 \('<\|im_start\|>user again'\).*4 BOS tokens .*expected 3"):
+        encode_prompts(tokenizer, ["fine", "<|im_start|>user again"], "chat")
+    with pytest.raises(ValueError, match=r"prompt 0 .*format raw: 1 BOS tokens .*expected 0"):
+        encode_prompts(tokenizer, ["<|im_start|>user again"], "raw")
 
 
 def test_an_instruction_containing_the_bos_text_is_refused_naming_it(tiny_families):
