@@ -129,12 +129,12 @@ def tiny_workspace(tmp_path_factory, tiny_families, tiny_family_factory):
                     io.write_tensors(target, tensors, {"layer": layer})
                     files[(role, fmt, kind, layer)] = str(target)
     section = {
-        "seed": 0, "batch_size": 8, "attn_implementation": "eager", "read_position": "last",
-        "refusal_openers": ["I", "Sorry"], "min_refusal_token_coverage": 0.0,
+        "seed": 0, "batch_size": 8, "row_batch_size": 64, "attn_implementation": "eager", "read_position": "last",
+        "refusal_openers": ["I", "Sorry"], "min_refusal_token_coverage": 0.0, "min_baseline_refusal": 0.25,
         "judge": {"type": "keyword", "phrases": [" "]},
         "generation": {"max_new_tokens": 4},
         "selection": {"split": "val", "n": None, "max_layer_fraction": 0.8, "max_kl": 1e9, "min_induce": -1e9},
-        "evaluation": {"split": "test", "n": None, "control_generation": True},
+        "evaluation": {"split": "test", "n": None, "control_generation": True, "random_generation": True},
         "bands": {"narrow": {"range": [0.45, 0.70], "count": 5}},
         "k_grid": [1, 3, 50], "n_single": 3, "random_draws": 10, "abliteration_tolerance": 1e-4,
     }
@@ -170,7 +170,8 @@ def test_causal_jobs_run_on_a_tiny_model(tiny_workspace):
     causal.run_arditi(**common, **selection, table_stem=str(root / "arditi"), prompts_path=str(root / "arditi_prompts.parquet"))
     arditi = pd.read_parquet(root / "arditi.parquet")
     assert list(arditi["condition"].value_counts().sort_index()) == [1, 10, 1, 1]
-    assert arditi.loc[arditi["condition"] == "baseline", "control_kl_mean"].iloc[0] == 0.0
+    assert abs(arditi.loc[arditi["condition"] == "baseline", "control_kl_mean"].iloc[0]) < 1e-9  # KL from the unablated forward
+    assert arditi["judged"].all() and arditi["refusal_count"].notna().all()
 
     cells = {l: {"safety": {"a_chat": files[("a", "chat", "harmful", l)], "b_chat": files[("b", "chat", "harmful", l)]},
                  "control": {"a_chat": files[("a", "chat", "harmless", l)], "b_chat": files[("b", "chat", "harmless", l)]}}
@@ -183,8 +184,25 @@ def test_causal_jobs_run_on_a_tiny_model(tiny_workspace):
     assert len(sweep) == 1 + 3 + 3 + 3 * 10
     per_prompt = pd.read_parquet(root / "sweep_did_prompts.parquet")
     assert len(per_prompt) == len(sweep) * 12
+    assert sweep["judged"].all() and abs(sweep.loc[sweep["kind"] == "baseline", "control_kl_mean"].iloc[0]) < 1e-9
 
-    causal.write_abliterated(family="tiny", model=ws["model"], direction_path=str(root / "direction.safetensors"),
+    scored_only = {**ws["section"], "evaluation": {**ws["section"]["evaluation"], "random_generation": False}}
+    causal.run_sweep(**{**common, "section": scored_only}, **selection, basis="template", cells=cells,
+                     summary_stem=str(root / "sweep_template"), prompts_path=str(root / "sweep_template_prompts.parquet"),
+                     record_path=str(root / "sweep_template.json"))
+    template = pd.read_parquet(root / "sweep_template.parquet")
+    random_rows = template["kind"] == "random"
+    assert (template["judged"] == ~random_rows).all()
+    assert template.loc[random_rows, "refusal_rate"].isna().all() and template.loc[~random_rows, "refusal_rate"].notna().all()
+    assert template["score_mean"].notna().all() and template["control_kl_mean"].notna().all()
+    template_prompts = pd.read_parquet(root / "sweep_template_prompts.parquet")
+    assert template_prompts.loc[template_prompts["kind"] == "random", "refused"].isna().all()
+    assert template_prompts.loc[template_prompts["kind"] != "random", "refused"].notna().all()
+    scored_k3 = causal_report.k3_table(template, "narrow", 3)
+    assert "random_score_mean" in scored_k3 and not any(column.startswith("random_rate") for column in scored_k3)
+
+    causal.write_abliterated(family="tiny", model=ws["model"], selection_record=str(root / "selection.json"),
+                             direction_path=str(root / "direction.safetensors"),
                              output_dir=str(root / "abliterated"), check_prompts_path=str(ws["paths"]["harmful"]),
                              section=ws["section"], system_prompt="default", version=1, threads=1)
     check = json.loads((root / "abliterated" / "abliteration.json").read_text())
@@ -198,7 +216,10 @@ def test_causal_jobs_run_on_a_tiny_model(tiny_workspace):
                                                 "inert_tolerance": 0.1, "headline_band": "narrow", "headline_k": 3, "seed": 0})
     k3 = pd.read_parquet(root / "tables" / "causal_k3_narrow.parquet")
     assert len(k3) == 1 and k3["random_draws"].iloc[0] == 10
+    random_k3 = sweep[(sweep["kind"] == "random") & (sweep["band"] == "narrow") & (sweep["k"] == 3)]
+    assert k3["random_rate_mean"].iloc[0] == pytest.approx(random_k3["refusal_rate"].mean())
+    assert k3["random_score_mean"].iloc[0] == pytest.approx(random_k3["score_mean"].mean())
     assert len(pd.read_parquet(root / "tables" / "causal_ordering.parquet")) == 1
     figures = {name: str(root / f"{name}.png") for name in ("refusal_vs_k", "per_direction", "selection")}
-    causal_report.family_figures(family="tiny", sweeps=[str(root / "sweep_did.parquet")], candidates=str(root / "candidates.parquet"), outputs=figures)
+    causal_report.family_figures(family="tiny", sweeps=[str(root / "sweep_did.parquet"), str(root / "sweep_template.parquet")], candidates=str(root / "candidates.parquet"), outputs=figures)
     assert all((root / f"{name}.png").stat().st_size > 1000 for name in figures)

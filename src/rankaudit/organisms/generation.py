@@ -7,8 +7,10 @@ follow the attention mask, so a left-padded row generates exactly what it would 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from rankaudit.capture import input_device
 
 
 def generate_greedy(
@@ -24,8 +26,6 @@ def generate_greedy(
     Chat prompts are rendered strings that already hold their BOS: leave `add_special_tokens` False for them
     and set it True for raw prompts, whose BOS the tokenizer adds.
     """
-    import torch
-
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens ({max_new_tokens}) and batch_size ({batch_size}) must be positive")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -35,24 +35,71 @@ def generate_greedy(
     empty = [prompts[i] for i, ids in enumerate(encoded) if not ids]
     if empty:
         raise ValueError(f"prompt(s) with no tokens cannot be continued: {empty[:3]!r}")
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    texts: list[str] = [""] * len(encoded)
-    device = next(model.parameters()).device
+    continuations = generate_greedy_ids(model, encoded, max_new_tokens, pad_id, batch_size)
+    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in continuations]
+
+
+def generate_greedy_ids(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    pad_id: int,
+    batch_size: int = 32,
+    before_batch: Callable[[list[int]], None] | None = None,
+    first_logits: Callable[[list[int], Any], None] | None = None,
+) -> list[list[int]]:
+    """Greedy continuation ids (new positions only; rows that stopped early are padded with `pad_id`), input order.
+
+    `before_batch(rows)`, when given, is called with the input indices of each batch, in batch-row order, just
+    before that batch is generated: per-row interventions (`rankaudit.batched_ablation`) select the rows'
+    conditions there, and the rows keep them through every generated step. `first_logits(rows, logits)`, when
+    given, receives the model's raw (batch, vocab) logits at the last prompt position (the prompt forward that
+    fills the KV cache, before any logits processor of the generation config), so that a caller needing the
+    next-token distribution after each prompt does not run that forward twice.
+    """
+    import torch
+
+    if max_new_tokens < 1 or batch_size < 1:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) and batch_size ({batch_size}) must be positive")
+    empty = [i for i, ids in enumerate(prompts) if not len(ids)]
+    if empty:
+        raise ValueError(f"prompt(s) {empty[:3]} have no tokens and cannot be continued")
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    continuations: list[list[int]] = [[] for _ in prompts]
+    device = input_device(model)
     model.eval()
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        width = max(len(encoded[i]) for i in rows)
+        width = max(len(prompts[i]) for i in rows)
         input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(rows), width), dtype=torch.long)
         for slot, i in enumerate(rows):
-            ids = encoded[i]
+            ids = list(prompts[i])
             input_ids[slot, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
             attention[slot, width - len(ids):] = 1
-        with torch.no_grad():
-            output = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), max_new_tokens=max_new_tokens,
-                do_sample=False, num_beams=1, use_cache=True, pad_token_id=pad_id,
-            )
+        if before_batch is not None:
+            before_batch(rows)
+        handle = None if first_logits is None else model.register_forward_hook(_first_call(rows, first_logits))
+        try:
+            with torch.no_grad():
+                output = model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention.to(device), max_new_tokens=max_new_tokens,
+                    do_sample=False, num_beams=1, use_cache=True, pad_token_id=pad_id,
+                )
+        finally:
+            if handle is not None:
+                handle.remove()
         for slot, i in enumerate(rows):
-            texts[i] = tokenizer.decode(output[slot, width:].tolist(), skip_special_tokens=True)
-    return texts
+            continuations[i] = output[slot, width:].tolist()
+    return continuations
+
+
+def _first_call(rows: list[int], receive: Callable[[list[int], Any], None]) -> Callable[..., None]:
+    """A model forward hook passing the first forward's last-position logits to `receive` (later calls ignored)."""
+    seen = [False]
+
+    def hook(module: Any, args: Any, output: Any) -> None:
+        if not seen[0]:
+            seen[0] = True
+            receive(rows, output.logits[:, -1, :])
+    return hook
