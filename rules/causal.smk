@@ -1,7 +1,7 @@
 # Causal tests (METHODS §4-5): Arditi selection per family, the all-layer ablation of the selected direction on
 # held-out prompts, the abliterated reference model, and one ablation sweep per family x basis; then the tables
 # and figures. Each model job loads the aligned model once and batches everything (generation with a KV cache).
-# Needs rules/capture.smk (activation_file, model_files, model_runtime, uses_gpu) and STAGE_VERSION["causal"].
+# Needs rules/capture.smk (activation_file, model_files, model_runtime, model_resources) and STAGE_VERSION["causal"].
 # No torch import here: rankaudit.sweeps is numpy/scipy only.
 
 from rankaudit.sweeps import CELLS_PER_BASIS, band_layers
@@ -68,10 +68,6 @@ def causal_sweep_cells(family, basis):
             for layer in causal_band_layers(family)}
 
 
-def causal_gpu(family):
-    return 1 if uses_gpu(causal_aligned(family)) else 0
-
-
 def causal_outputs():
     """Every causal table, figure, selection record and abliterated model (the inputs of causal_all)."""
     if not CAUSAL_FAMILIES:
@@ -116,9 +112,7 @@ rule causal_select:
         "benchmarks/causal/{family}/select.tsv"
     threads: 2
     resources:
-        mem_mb=lambda wildcards, attempt: 16000 * attempt,
-        runtime=lambda wildcards, attempt: 60 * attempt,
-        gpu=lambda wildcards: causal_gpu(wildcards.family),
+        **model_resources(lambda w: causal_aligned(w.family), mem_mb=16000, minutes=60),
     script:
         "../workflow_scripts/causal_select.py"
 
@@ -145,19 +139,20 @@ rule causal_arditi:
         "benchmarks/causal/{family}/arditi.tsv"
     threads: 2
     resources:
-        mem_mb=lambda wildcards, attempt: 16000 * attempt,
-        runtime=lambda wildcards, attempt: 60 * attempt,
-        gpu=lambda wildcards: causal_gpu(wildcards.family),
+        **model_resources(lambda w: causal_aligned(w.family), mem_mb=16000, minutes=60),
     script:
         "../workflow_scripts/causal_arditi.py"
 
 
 rule causal_abliterate:
-    """The abliterated reference: the aligned model with the selected direction orthogonalized out of its weights."""
+    """The abliterated reference: the aligned model with the selected direction orthogonalized out of its weights,
+    checked against the hook ablation on harmful selection (validation) prompts in float32. With no refusal to
+    ablate the directory holds only a record that no model was made."""
     input:
         model=lambda w: model_files(causal_aligned(w.family)),
+        record=causal_stem("{family}", "selection") + ".json",
         direction=causal_stem("{family}", "direction") + ".safetensors",
-        prompts=causal_prompt_file("evaluation", "safety"),
+        prompts=causal_prompt_file("selection", "safety"),
     output:
         directory("resources/abliterated/{family}"),
     params:
@@ -171,9 +166,7 @@ rule causal_abliterate:
         "benchmarks/causal/{family}/abliterate.tsv"
     threads: 2
     resources:
-        mem_mb=lambda wildcards, attempt: 40000 * attempt,
-        runtime=lambda wildcards, attempt: 30 * attempt,
-        gpu=lambda wildcards: causal_gpu(wildcards.family),
+        **model_resources(lambda w: causal_aligned(w.family), mem_mb=40000, minutes=30, weight_copies=2),
     script:
         "../workflow_scripts/causal_abliterate.py"
 
@@ -204,9 +197,7 @@ rule causal_sweep:
         "benchmarks/causal/{family}/sweep_{basis}.tsv"
     threads: 2
     resources:
-        mem_mb=lambda wildcards, attempt: 16000 * attempt,
-        runtime=lambda wildcards, attempt: 120 * attempt,
-        gpu=lambda wildcards: causal_gpu(wildcards.family),
+        **model_resources(lambda w: causal_aligned(w.family), mem_mb=16000, minutes=120),
     script:
         "../workflow_scripts/causal_sweep.py"
 

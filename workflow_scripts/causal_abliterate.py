@@ -7,6 +7,7 @@ with log_to(snakemake.log[0]):
     write_abliterated(
         family=snakemake.wildcards.family,
         model=snakemake.params.model,
+        selection_record=snakemake.input.record,
         direction_path=snakemake.input.direction,
         output_dir=snakemake.output[0],
         check_prompts_path=snakemake.input.prompts,

@@ -10,6 +10,9 @@ every forward they make, including every generated position.
 - **First-position refusal log-odds**: p = softmax mass on the refusal tokens at the last prompt position,
   s = log(p + 1e-8) - log(1 - p + 1e-8).
 - **Generation** is `rankaudit.organisms.generation.generate_greedy` (batched, left-padded, KV cache, greedy).
+- **Many conditions at once**: `run_conditions` is `run_prompts` for every condition of a per-row intervention
+  (`rankaudit.batched_ablation`), rows of all conditions sharing batches; a generated row's first-position score
+  comes from the prompt forward of its own generation, and conditions that are not judged get prompt forwards only.
 - **Judges** are pluggable (`RefusalJudge`): the keyword judge of `rankaudit.organisms.refusal_judge`, a judge
   model that answers a yes/no question about each completion, or both combined.
 - **Coherence**: KL(unablated || intervened) of the next-token distribution at the last prompt position of the
@@ -20,13 +23,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from rankaudit.organisms.generation import generate_greedy
+from rankaudit.capture import input_device
+from rankaudit.organisms.generation import generate_greedy, generate_greedy_ids
 from rankaudit.organisms.refusal_judge import REFUSAL_PHRASES, keyword_refusal, wilson_interval
 
 LOG_ODDS_EPS = 1e-8
@@ -78,13 +82,16 @@ def kl_rows(reference: np.ndarray, other: np.ndarray) -> np.ndarray:
     return np.sum(np.exp(reference) * (reference - other), axis=1)
 
 
-def last_position_log_probs(model: Any, prompts: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> np.ndarray:
-    """(n, vocab) float32 log-softmax of the next-token logits after each prompt (token-id lists), input order."""
+def _last_position_batches(model: Any, prompts: Sequence[Sequence[int]], batch_size: int, pad_id: int,
+                           before_batch: Callable[[list[int]], None] | None = None) -> Iterator[tuple[list[int], Any]]:
+    """(input indices, (rows, vocab) float32 log-softmax on the model's device) per left-padded batch, longest first.
+
+    `before_batch(rows)` is called with each batch's input indices, in batch-row order, before its forward.
+    """
     import torch
 
-    device = next(model.parameters()).device
+    device = input_device(model)
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
-    out: np.ndarray | None = None
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
@@ -97,12 +104,21 @@ def last_position_log_probs(model: Any, prompts: Sequence[Sequence[int]], batch_
                 mask[slot, width - len(ids):] = 1
             mask = mask.to(device)
             positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+            if before_batch is not None:
+                before_batch(rows)
             logits = model(input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions,
                            use_cache=False, logits_to_keep=1).logits[:, -1, :]
-            values = torch.log_softmax(logits.to(torch.float32), dim=-1).cpu().numpy()
-            if out is None:
-                out = np.empty((len(prompts), values.shape[1]), np.float32)
-            out[np.asarray(rows)] = values
+            yield rows, torch.log_softmax(logits.to(torch.float32), dim=-1)
+
+
+def last_position_log_probs(model: Any, prompts: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> np.ndarray:
+    """(n, vocab) float32 log-softmax of the next-token logits after each prompt (token-id lists), input order."""
+    out: np.ndarray | None = None
+    for rows, log_probs in _last_position_batches(model, prompts, batch_size, pad_id):
+        values = log_probs.cpu().numpy()
+        if out is None:
+            out = np.empty((len(prompts), values.shape[1]), np.float32)
+        out[np.asarray(rows)] = values
     if out is None:
         raise ValueError("last_position_log_probs: no prompts")
     return out
@@ -265,6 +281,119 @@ def run_prompts(model: Any, tokenizer: Any, prompts: PromptSet, tokens: RefusalT
     return Outcome(score, log_probs, refused, broken, completions)
 
 
+@dataclass
+class ConditionOutcome:
+    """Per-prompt results of one prompt set under one condition of a batched run (`run_conditions`).
+
+    `kl` is KL(reference || condition) when a reference was given; `refused`, `degenerate` and `completions`
+    exist only for a judged condition (None and [] for one reported by its refusal score alone).
+    """
+
+    score: np.ndarray
+    kl: np.ndarray | None
+    refused: np.ndarray | None
+    degenerate: np.ndarray | None
+    completions: list[str]
+
+    @property
+    def judged(self) -> bool:
+        return self.refused is not None
+
+
+class _FirstPosition:
+    """Collects first-position refusal log-odds (and KL from the unablated reference) per (condition, prompt).
+
+    Computed on the logits' device in float64 from float32 log-softmax values, as `refusal_log_odds` and
+    `kl_rows` compute them from `last_position_log_probs`.
+    """
+
+    def __init__(self, n_conditions: int, n_prompts: int, refusal_ids: Sequence[int], reference: np.ndarray | None) -> None:
+        if reference is not None and reference.shape[0] != n_prompts:
+            raise ValueError(f"run_conditions: the reference has {reference.shape[0]} rows for {n_prompts} prompts")
+        self.ids = list(refusal_ids)
+        self.score = np.full((n_conditions, n_prompts), np.nan)
+        self.kl = None if reference is None else np.full((n_conditions, n_prompts), np.nan)
+        self.reference = reference
+        self._reference_on: dict[Any, Any] = {}
+
+    def add(self, conditions: Sequence[int], prompts: Sequence[int], logits: Any) -> None:
+        import torch
+
+        values = torch.log_softmax(logits.to(torch.float32), dim=-1).to(torch.float64)
+        p = values[:, self.ids].exp().sum(dim=1)
+        self.score[conditions, prompts] = (torch.log(p + LOG_ODDS_EPS) - torch.log(1.0 - p + LOG_ODDS_EPS)).cpu().numpy()
+        if self.kl is not None:
+            table = self._reference_on.get(values.device)
+            if table is None:
+                table = self._reference_on.setdefault(values.device, torch.as_tensor(self.reference, dtype=torch.float64, device=values.device))
+            ref = table[torch.as_tensor(list(prompts), device=values.device)]
+            self.kl[conditions, prompts] = (ref.exp() * (ref - values)).sum(dim=1).cpu().numpy()
+
+
+def _score_rows(model: Any, prompts: Sequence[Sequence[int]], conditions: Sequence[int], select: Callable[[list[int]], None],
+                sink: _FirstPosition, batch_size: int, pad_id: int) -> None:
+    """Prompt forwards of every (condition in `conditions`, prompt) row in shared batches, into `sink`."""
+    items = [(c, p) for c in conditions for p in range(len(prompts))]
+    if not items:
+        return
+    for rows, log_probs in _last_position_batches(model, [prompts[p] for _, p in items], batch_size, pad_id,
+                                                  lambda rows: select([items[i][0] for i in rows])):
+        sink.add([items[i][0] for i in rows], [items[i][1] for i in rows], log_probs)
+
+
+def _generate_rows(model: Any, tokenizer: Any, prompts: Sequence[Sequence[int]], conditions: Sequence[int],
+                   select: Callable[[list[int]], None], sink: _FirstPosition, max_new_tokens: int, batch_size: int) -> dict[int, list[str]]:
+    """Greedy continuations of every (condition in `conditions`, prompt) row in shared batches: {condition: texts}.
+
+    The prompt forward that fills each batch's KV cache also gives its rows' first-position scores (into `sink`).
+    """
+    if not conditions:
+        return {}
+    n = len(prompts)
+    items = [(c, p) for c in conditions for p in range(n)]
+
+    def first(rows: list[int], logits: Any) -> None:
+        sink.add([items[i][0] for i in rows], [items[i][1] for i in rows], logits)
+
+    continuations = generate_greedy_ids(model, [prompts[p] for _, p in items], max_new_tokens, pad_id_of(tokenizer), batch_size,
+                                        lambda rows: select([items[i][0] for i in rows]), first)
+    texts = [tokenizer.decode(ids, skip_special_tokens=True) for ids in continuations]
+    return {c: texts[j * n:(j + 1) * n] for j, c in enumerate(conditions)}
+
+
+def run_conditions(model: Any, tokenizer: Any, prompts: PromptSet, tokens: RefusalTokens, judge: RefusalJudge,
+                   settings: GenerationSettings, select: Callable[[list[int]], None], n_conditions: int,
+                   judged: Sequence[bool], batch_size: int, reference: np.ndarray | None = None) -> list[ConditionOutcome]:
+    """`run_prompts` for `n_conditions` conditions at once, rows of every condition sharing batches of `batch_size`.
+
+    Every condition gets its first-position log-odds (and KL from `reference`, the unablated model's log-probs on
+    these prompts). Conditions with `judged[c]` also get greedy continuations, judged for refusal and degeneracy
+    in one judge call; their scores come from the prompt forward of the generation itself, the others' from
+    prompt-only forwards. `select` is the per-row intervention's `ConditionRows.select`.
+    """
+    if len(judged) != n_conditions:
+        raise ValueError(f"run_conditions: {len(judged)} judged flags for {n_conditions} conditions")
+    sink = _FirstPosition(n_conditions, len(prompts.token_ids), tokens.ids, reference)
+    chosen = [c for c in range(n_conditions) if judged[c]]
+    _score_rows(model, prompts.token_ids, [c for c in range(n_conditions) if not judged[c]], select, sink,
+                batch_size, pad_id_of(tokenizer))
+    texts = _generate_rows(model, tokenizer, prompts.token_ids, chosen, select, sink, settings.max_new_tokens, batch_size)
+    if np.isnan(sink.score).any():
+        raise RuntimeError(f"run_conditions ({prompts.name}): some rows got no first-position logits; the model's generate "
+                           "did not run its prompt forward through the model's own forward hooks")
+    flat = [text for c in chosen for text in texts[c]]
+    verdicts = np.asarray(judge(list(prompts.instructions) * len(chosen), flat), bool).reshape(len(chosen), -1) if chosen else None
+    outcomes = []
+    for c in range(n_conditions):
+        kl = None if sink.kl is None else sink.kl[c]
+        if c not in texts:
+            outcomes.append(ConditionOutcome(sink.score[c], kl, None, None, []))
+            continue
+        broken = np.asarray([settings.is_degenerate(text) for text in texts[c]], bool)
+        outcomes.append(ConditionOutcome(sink.score[c], kl, verdicts[chosen.index(c)], broken, texts[c]))
+    return outcomes
+
+
 def rate_summary(flags: np.ndarray, prefix: str) -> dict[str, float]:
     """{prefix}_rate, _low, _high (Wilson 95%) and the count behind them."""
     n, k = int(flags.size), int(np.sum(flags))
@@ -272,30 +401,40 @@ def rate_summary(flags: np.ndarray, prefix: str) -> dict[str, float]:
     return {f"{prefix}_count": k, f"{prefix}_rate": k / n, f"{prefix}_low": low, f"{prefix}_high": high}
 
 
-def check_refusal_tokens(tokens: RefusalTokens, first_ids: Sequence[int], refused: Sequence[bool], tokenizer: Any,
-                         min_coverage: float, where: str) -> dict[str, Any]:
-    """Check the refusal tokens against the aligned model's own first tokens on harmful prompts.
+def first_token_record(tokens: RefusalTokens, first_ids: Sequence[int], refused: Sequence[bool], tokenizer: Any) -> dict[str, Any]:
+    """What the aligned model emitted first on harmful prompts, next to the refusal tokens (no judgement made).
 
-    `first_ids` are the greedy first tokens, `refused` the judge's verdicts on the same prompts. Coverage is the
-    fraction of judged refusals whose first token is a refusal token; below `min_coverage` this raises,
-    naming the first tokens that were missed, so the openers can be fixed in the config.
+    `first_ids` are the greedy first tokens, `refused` the judge's verdicts on the same prompts; coverage is the
+    fraction of judged refusals whose first token is a refusal token (NaN when nothing was refused).
     """
     first_ids = [int(i) for i in first_ids]
     refusing = [i for i, flag in zip(first_ids, refused) if flag]
-    counts = Counter(first_ids)
-    coverage = float(np.mean([i in tokens.ids for i in refusing])) if refusing else math.nan
-    record = {
+    return {
         "refusal_tokens": tokens.record(),
         "n_prompts": len(first_ids),
         "n_refused": len(refusing),
-        "coverage_of_refusals": coverage,
+        "coverage_of_refusals": float(np.mean([i in tokens.ids for i in refusing])) if refusing else math.nan,
         "first_token_in_set_rate": float(np.mean([i in tokens.ids for i in first_ids])) if first_ids else math.nan,
-        "first_tokens": {tokenizer.convert_ids_to_tokens(i): n for i, n in counts.most_common(10)},
+        "first_tokens": {tokenizer.convert_ids_to_tokens(i): n for i, n in Counter(first_ids).most_common(10)},
     }
-    if not refusing:
-        raise ValueError(f"{where}: the aligned model refused none of the {len(first_ids)} harmful prompts "
-                         "(keyword judge): there is no refusal behaviour to measure or ablate")
+
+
+def check_refusal_tokens(tokens: RefusalTokens, first_ids: Sequence[int], refused: Sequence[bool], tokenizer: Any,
+                         min_coverage: float, where: str) -> dict[str, Any]:
+    """Check the refusal tokens against the aligned model's own first tokens on the harmful prompts it refused.
+
+    Below `min_coverage` of the judged refusals starting with a refusal token this raises, naming the first tokens
+    that were missed, so the openers can be fixed in the config. Call it only when the model refuses at all
+    (`causal.min_baseline_refusal` decides that first); with no refusal there is nothing to check.
+    """
+    record = first_token_record(tokens, first_ids, refused, tokenizer)
+    if not record["n_refused"]:
+        raise ValueError(f"{where}: the aligned model refused none of the {record['n_prompts']} harmful prompts "
+                         "(judge): no refusal tokens can be checked (the causal stage reports 'no refusal to ablate' "
+                         "before this check when causal.min_baseline_refusal is above 0)")
+    coverage = record["coverage_of_refusals"]
     if coverage < min_coverage:
+        refusing = [int(i) for i, flag in zip(first_ids, refused) if flag]
         missed = Counter(tokenizer.convert_ids_to_tokens(i) for i in refusing if i not in tokens.ids)
         raise ValueError(f"{where}: only {coverage:.2f} of the aligned model's refusals start with a refusal token "
                          f"{sorted(tokens.pieces.values())} (need {min_coverage}); refusals started with {dict(missed)}: "

@@ -8,9 +8,10 @@ by the selection job, and read back from its record by the other jobs.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,11 +20,17 @@ import pandas as pd
 from rankaudit import __version__, io
 from rankaudit.formats import encode_prompts
 from rankaudit.directions import top_directions
-from rankaudit.interventions import activation_addition, direction_ablation, orthogonalize_weights, projection_ablation, unit
+from rankaudit.batched_ablation import RowIntervention, row_interventions
+from rankaudit.interventions import direction_ablation, orthogonalize_weights, unit
 from rankaudit.prompts.tables import read_prompt_set, select_prompts
-from rankaudit.refusal import (GenerationSettings, Outcome, PromptSet, RefusalTokens, build_judge, check_refusal_tokens,
-                               kl_rows, pad_id_of, rate_summary, refusal_tokens, run_prompts)
+from rankaudit.refusal import (ConditionOutcome, GenerationSettings, PromptSet, RefusalTokens, build_judge, check_refusal_tokens,
+                               first_token_record, last_position_log_probs, pad_id_of, rate_summary, refusal_tokens,
+                               run_conditions, run_prompts)
 from rankaudit.selection import SelectionRules, candidate_directions, score_candidates, select
+from rankaudit.stages.no_refusal import (CANDIDATE_COLUMNS, NO_SHIFT, SELECTED, baseline_refusal, no_refusal_note,
+                                         no_refusal_record, no_shift_note, read_record, write_no_abliterated,
+                                         write_no_refusal_arditi, write_no_refusal_selection, write_no_refusal_sweep,
+                                         write_sweep_note)
 from rankaudit.sweeps import band_layers, basis_matrix, k_grid, numerical_rank, plan_conditions, random_basis
 
 logger = logging.getLogger(__name__)
@@ -35,19 +42,22 @@ def load_aligned(spec: Mapping[str, Any], threads: int) -> tuple[Any, Any]:
     """The aligned model (eval, no grad, configured dtype/device) and its tokenizer."""
     import torch
 
-    from rankaudit.models import load_model, load_tokenizer
+    from rankaudit.models import load_model_from_spec, load_tokenizer
 
     torch.set_num_threads(max(1, threads))
     loader = {"revision": spec.get("revision"), "trust_remote_code": bool(spec.get("trust_remote_code", False))}
     tokenizer = load_tokenizer(spec["location"], **loader)
-    model = load_model(spec["location"], dtype=spec.get("dtype", "float32"), device=spec.get("device", "cpu"),
-                       attn_implementation=spec.get("attn_implementation"), **loader)
+    model = load_model_from_spec(spec)
     return model, tokenizer
 
 
 def prompt_set(path: str, split: str, n: int | None, seed: int, tokenizer: Any, system_prompt: str, name: str) -> PromptSet:
     """Chat-format prompts of one split of a prompt table (n of them, drawn with `seed`; all when n is None)."""
-    frame = select_prompts(read_prompt_set(path), split, n, seed)
+    return _prompt_set_of(select_prompts(read_prompt_set(path), split, n, seed), tokenizer, system_prompt, name)
+
+
+def _prompt_set_of(frame: pd.DataFrame, tokenizer: Any, system_prompt: str, name: str) -> PromptSet:
+    """The chat-format renderings and token ids of a drawn prompt table."""
     instructions = list(frame["instruction"])
     encoded = encode_prompts(tokenizer, instructions, "chat", system_prompt=system_prompt)
     return PromptSet(name, tuple(instructions), tuple(r.rendered for r in encoded.records), tuple(encoded.token_ids))
@@ -68,27 +78,59 @@ def _direction_meta(family: str, **extra: Any) -> dict[str, Any]:
 
 # --- selection ---------------------------------------------------------------------------------------------------
 
+def phase_prompts(path: str, phase: str, role: str, section: Mapping[str, Any]) -> pd.DataFrame:
+    """The prompts of one phase (selection or evaluation) and role, read and drawn before any model is loaded.
+
+    A split the dataset does not hold is an error naming the dataset, its splits and the config keys at fault.
+    """
+    from rankaudit.prompts.tables import PromptDataError
+
+    spec = section[phase]
+    try:
+        return select_prompts(read_prompt_set(path), spec["split"], spec.get("n"), section["seed"])
+    except PromptDataError as error:
+        raise PromptDataError(f"{path}: {error} (causal.{phase}.split = {spec['split']!r}; the {role} prompt set is "
+                              f"causal.{phase}.{role}_dataset, else datasets.{role}.dataset)") from error
+
+
 def run_selection(*, family: str, model: Mapping[str, Any], activations: Mapping[int, Mapping[str, str]],
                   harmful_path: str, harmless_path: str, section: Mapping[str, Any], system_prompt: str,
                   record_path: str, direction_path: str, table_stem: str, version: int, threads: int = 2) -> None:
     """Score every (position, layer) candidate on validation prompts and select Arditi's direction.
 
     `activations[layer]` = {"harmful": path, "harmless": path} of the aligned model's chat-format training
-    activations (with post-instruction positions).
+    activations (with post-instruction positions). First the aligned model's refusal rate on the harmful
+    validation prompts is measured: below `causal.min_baseline_refusal` the job records "no refusal to ablate"
+    (`rankaudit.stages.no_refusal`) and selects nothing.
     """
     started = time.perf_counter()
+    sel = section["selection"]
+    frames = {"safety": phase_prompts(harmful_path, "selection", "safety", section),
+              "control": phase_prompts(harmless_path, "selection", "control", section)}
+    validation = {"split": sel["split"], "harmful_dataset": frames["safety"].attrs.get("dataset"),
+                  "harmless_dataset": frames["control"].attrs.get("dataset"),
+                  "n_harmful": len(frames["safety"]), "n_harmless": len(frames["control"])}
     network, tokenizer = load_aligned(model, threads)
     n_blocks = network.config.get_text_config().num_hidden_layers
-    sel = section["selection"]
-    harmful = prompt_set(harmful_path, sel["split"], sel.get("n"), section["seed"], tokenizer, system_prompt, "harmful")
-    harmless = prompt_set(harmless_path, sel["split"], sel.get("n"), section["seed"], tokenizer, system_prompt, "harmless")
+    harmful = _prompt_set_of(frames["safety"], tokenizer, system_prompt, "harmful")
+    harmless = _prompt_set_of(frames["control"], tokenizer, system_prompt, "harmless")
     tokens = refusal_tokens(tokenizer, section["refusal_openers"])
     settings = _settings(section)
     outcome = run_prompts(network, tokenizer, harmful, tokens, _judge(section, threads), settings)
-    token_check = check_refusal_tokens(tokens, outcome.log_probs.argmax(axis=1), outcome.refused, tokenizer,
+    refusal = baseline_refusal(outcome.refused, section["min_baseline_refusal"], sel["split"], str(validation["harmful_dataset"]))
+    first_ids = outcome.log_probs.argmax(axis=1)
+    if not refusal["refusal_to_ablate"]:
+        logger.warning("%s: %s", family, no_refusal_note(refusal))
+        write_no_refusal_selection(family=family, baseline=refusal, token_record=first_token_record(tokens, first_ids, outcome.refused, tokenizer),
+                                   n_blocks=n_blocks, validation=validation, record_path=record_path,
+                                   direction_path=direction_path, table_stem=table_stem,
+                                   seconds=time.perf_counter() - started, version=version)
+        return
+    token_check = check_refusal_tokens(tokens, first_ids, outcome.refused, tokenizer,
                                        section["min_refusal_token_coverage"], f"family {family}: refusal tokens")
-    logger.info("%s: refusal tokens %s cover %.2f of refusals (%d/%d harmful validation prompts refused)", family,
-                token_check["refusal_tokens"]["pieces"], token_check["coverage_of_refusals"], token_check["n_refused"], len(harmful.instructions))
+    logger.info("%s: %d/%d harmful %s prompts refused (%.2f); refusal tokens %s cover %.2f of refusals", family,
+                refusal["refusal_count"], refusal["n"], sel["split"], refusal["refusal_rate"],
+                token_check["refusal_tokens"]["pieces"], token_check["coverage_of_refusals"])
 
     loaded = {layer: {kind: io.read_tensors(path)[0] for kind, path in paths.items()} for layer, paths in activations.items()}
     for layer, kinds in loaded.items():
@@ -108,19 +150,24 @@ def run_selection(*, family: str, model: Mapping[str, Any], activations: Mapping
     rules = SelectionRules(sel["max_layer_fraction"], sel["max_kl"], sel["min_induce"])
     chosen, annotated = select(records, n_blocks, rules, f"family {family}")
     best = candidates[chosen]
+    logger.info("%s: selected position %d, layer %d (bypass %.3f, induce %.3f, kl %.4f) of %d candidates scored on %d + %d "
+                "%s prompts (%s, %s); %d survived the filters", family, best.position, best.layer, annotated[chosen]["bypass"],
+                annotated[chosen]["induce"], annotated[chosen]["kl"], len(annotated), validation["n_harmful"],
+                validation["n_harmless"], sel["split"], validation["harmful_dataset"], validation["harmless_dataset"],
+                sum(not r["discarded"] for r in annotated))
     io.write_tensors(direction_path, {"direction": best.direction, "unit": unit(best.direction, family)},
                      _direction_meta(family, layer=best.layer, position=best.position, n_blocks=n_blocks,
                                      definition="mean harmful - mean harmless A(chat) at (position, layer), training split",
                                      stage_version=version))
-    table = pd.DataFrame(annotated).assign(family=family)
-    io.write_table(table[["family", "position", "layer", "norm", "bypass", "induce", "kl", "discarded", "selected"]], table_stem,
-                   title=f"Arditi candidates of {family} (validation split)")
+    table = pd.DataFrame(annotated).assign(family=family, split=sel["split"])
+    io.write_table(table[CANDIDATE_COLUMNS], table_stem,
+                   title=f"Arditi candidates of {family} ({sel['split']} split: {validation['harmful_dataset']}, {validation['harmless_dataset']})")
     io.write_json(record_path, {
-        "family": family, "selected": annotated[chosen], "baseline": baseline, "n_blocks": n_blocks,
-        "layer_limit": rules.layer_limit(n_blocks), "rules": vars(rules), "refusal_check": token_check,
+        "family": family, "status": SELECTED, "selected": annotated[chosen], "baseline": baseline, "baseline_refusal": refusal,
+        "n_blocks": n_blocks, "layer_limit": rules.layer_limit(n_blocks), "rules": vars(rules), "refusal_check": token_check,
         "n_candidates": len(annotated), "n_surviving": sum(not r["discarded"] for r in annotated), "candidates": annotated,
-        "validation": {"split": sel["split"], "n_harmful": len(harmful.instructions), "n_harmless": len(harmless.instructions)},
-        "example_refusal": outcome.completions[int(np.argmax(outcome.refused))] if outcome.refused.any() else "",
+        "validation": validation,
+        "example_refusal": outcome.completions[int(np.argmax(outcome.refused))],
         "seconds": round(time.perf_counter() - started, 2), "stage_version": version,
     })
 
@@ -138,55 +185,75 @@ def read_selection(record_path: str, direction_path: str) -> tuple[RefusalTokens
 def read_direction(direction_path: str) -> tuple[np.ndarray, dict[str, Any]]:
     """The selected (unnormalised) direction and its metadata (layer, position)."""
     tensors, meta = io.read_tensors(direction_path)
+    if "direction" not in tensors:
+        raise ValueError(f"{direction_path}: holds no direction ({meta.get('note', 'no direction was selected')})")
     return tensors["direction"], meta
 
 
 # --- measuring one intervention ----------------------------------------------------------------------------------
 
 class Evaluator:
-    """Runs held-out harmful and control prompts under an intervention and keeps per-prompt rows."""
+    """Runs held-out harmful and control prompts under many conditions in shared batches and keeps per-prompt rows.
+
+    Rows of every condition share forwards and generation batches (`rankaudit.batched_ablation`). The control
+    KL of every condition is taken against the unablated model's own forward on the control prompts, computed
+    once here with no intervention active.
+    """
 
     def __init__(self, network: Any, tokenizer: Any, harmful: PromptSet, control: PromptSet, tokens: RefusalTokens,
-                 judge: Any, settings: GenerationSettings, control_generation: bool, labels: Mapping[str, Any]) -> None:
+                 judge: Any, settings: GenerationSettings, control_generation: bool, labels: Mapping[str, Any],
+                 row_batch_size: int) -> None:
         self.network, self.tokenizer, self.tokens, self.judge, self.settings = network, tokenizer, tokens, judge, settings
         self.harmful, self.control, self.control_generation, self.labels = harmful, control, control_generation, dict(labels)
-        self.reference: np.ndarray | None = None
+        self.row_batch_size = row_batch_size
+        self.reference = last_position_log_probs(network, control.token_ids, settings.batch_size, pad_id_of(tokenizer))
         self.rows: list[dict[str, Any]] = []
         self.prompt_rows: list[dict[str, Any]] = []
 
-    def measure(self, condition: Mapping[str, Any], intervention: Callable[[], Any]) -> dict[str, Any]:
-        """One summary row (and per-prompt rows) for the intervention the context-manager factory gives."""
-        with intervention():
-            bad = run_prompts(self.network, self.tokenizer, self.harmful, self.tokens, self.judge, self.settings)
-            good = run_prompts(self.network, self.tokenizer, self.control, self.tokens, self.judge, self.settings,
-                               generate=self.control_generation)
-        if self.reference is None:
-            self.reference = good.log_probs
-        kl = kl_rows(self.reference, good.log_probs)
-        row = {**self.labels, **condition, "n_harmful": len(self.harmful.instructions), "n_control": len(self.control.instructions),
-               **rate_summary(bad.refused, "refusal"), "score_mean": float(bad.score.mean()),
-               "degenerate_harmful_rate": float(bad.degenerate.mean()), "control_kl_mean": float(kl.mean()),
-               "control_kl_max": float(kl.max()), "control_score_mean": float(good.score.mean())}
-        if self.control_generation:
-            row.update(control_refusal_rate=float(good.refused.mean()), degenerate_control_rate=float(good.degenerate.mean()))
-        self.rows.append(row)
-        self._keep(condition, "harmful", bad, np.full(bad.score.shape, np.nan))
-        self._keep(condition, "control", good, kl)
-        return row
+    def measure(self, conditions: Sequence[tuple[Mapping[str, Any], RowIntervention, bool]]) -> list[dict[str, Any]]:
+        """One summary row (and per-prompt rows) per (labels, intervention, judged) condition, all run together.
 
-    def _keep(self, condition: Mapping[str, Any], dataset: str, outcome: Outcome, kl: np.ndarray) -> None:
-        completions = outcome.completions or [""] * len(outcome.score)
+        Every condition gets its first-position refusal score and control KL; a judged one also gets greedy
+        continuations (harmful, and control when `control_generation`) and a refusal rate from the judge.
+        """
+        specs = [spec for _, spec, _ in conditions]
+        judged = [bool(flag) for _, _, flag in conditions]
+        with row_interventions(self.network, specs) as rows:
+            bad = run_conditions(self.network, self.tokenizer, self.harmful, self.tokens, self.judge, self.settings,
+                                 rows.select, len(specs), judged, self.row_batch_size)
+            good = run_conditions(self.network, self.tokenizer, self.control, self.tokens, self.judge, self.settings,
+                                  rows.select, len(specs), [flag and self.control_generation for flag in judged],
+                                  self.row_batch_size, self.reference)
+        made = []
+        for (labels, _, _), harmful, control in zip(conditions, bad, good):
+            row = {**self.labels, **labels, "judged": harmful.judged, "n_harmful": len(self.harmful.instructions),
+                   "n_control": len(self.control.instructions), "score_mean": float(harmful.score.mean()),
+                   "control_kl_mean": float(control.kl.mean()), "control_kl_max": float(control.kl.max()),
+                   "control_score_mean": float(control.score.mean())}
+            if harmful.judged:
+                row.update(rate_summary(harmful.refused, "refusal"), degenerate_harmful_rate=float(harmful.degenerate.mean()))
+            if control.judged:
+                row.update(control_refusal_rate=float(control.refused.mean()), degenerate_control_rate=float(control.degenerate.mean()))
+            self.rows.append(row)
+            made.append(row)
+            self._keep(labels, "harmful", harmful, np.full(harmful.score.shape, np.nan))
+            self._keep(labels, "control", control, control.kl)
+        return made
+
+    def _keep(self, condition: Mapping[str, Any], dataset: str, outcome: ConditionOutcome, kl: np.ndarray) -> None:
         for index in range(len(outcome.score)):
-            self.prompt_rows.append({**self.labels, **condition, "dataset": dataset, "prompt": index,
-                                     "score": float(outcome.score[index]), "refused": bool(outcome.refused[index]),
-                                     "degenerate": bool(outcome.degenerate[index]), "kl": float(kl[index]),
-                                     "completion": completions[index]})
+            self.prompt_rows.append({
+                **self.labels, **condition, "dataset": dataset, "prompt": index, "score": float(outcome.score[index]),
+                "refused": bool(outcome.refused[index]) if outcome.judged else None,
+                "degenerate": bool(outcome.degenerate[index]) if outcome.judged else None, "kl": float(kl[index]),
+                "completion": outcome.completions[index] if outcome.judged else ""})
 
-
-def _null() -> Any:
-    import contextlib
-
-    return contextlib.nullcontext()
+    def summary(self, **extra: Any) -> pd.DataFrame:
+        """The summary rows as a table; counts stay integers where conditions without judged generations leave gaps."""
+        table = pd.DataFrame(self.rows).assign(**extra)
+        if "refusal_count" in table:
+            table["refusal_count"] = table["refusal_count"].astype("Int64")
+        return table
 
 
 def _evaluator(family: str, model: Mapping[str, Any], section: Mapping[str, Any], harmful_path: str, control_path: str,
@@ -196,7 +263,7 @@ def _evaluator(family: str, model: Mapping[str, Any], section: Mapping[str, Any]
     harmful = prompt_set(harmful_path, held["split"], held.get("n"), section["seed"], tokenizer, system_prompt, "harmful")
     control = prompt_set(control_path, held["split"], held.get("n"), section["seed"], tokenizer, system_prompt, "control")
     return Evaluator(network, tokenizer, harmful, control, tokens, _judge(section, threads), _settings(section),
-                     bool(held["control_generation"]), {"family": family, **labels})
+                     bool(held["control_generation"]), {"family": family, **labels}, int(section["row_batch_size"]))
 
 
 # --- Arditi all-layer ablation on held-out prompts ---------------------------------------------------------------
@@ -205,46 +272,78 @@ def run_arditi(*, family: str, model: Mapping[str, Any], selection_record: str, 
                control_path: str, section: Mapping[str, Any], system_prompt: str, table_stem: str, prompts_path: str,
                version: int, threads: int = 2) -> None:
     """Baseline, the selected direction ablated at all layers, random directions ablated alike, and the selected
-    direction added at its layer (induce), all on the held-out test split."""
+    direction added at its layer (induce), all on the held-out test split. With no refusal to ablate: one note row."""
+    none = no_refusal_record(selection_record)
+    if none is not None:
+        return write_no_refusal_arditi(record=none, table_stem=table_stem, prompts_path=prompts_path, version=version)
     tokens, direction, meta = read_selection(selection_record, direction_path)
     evaluator = _evaluator(family, model, section, harmful_path, control_path, system_prompt, tokens, threads, {})
-    network = evaluator.network
     d = direction.size
-    evaluator.measure({"condition": "baseline", "draw": -1}, _null)
-    evaluator.measure({"condition": "selected_ablation", "draw": -1}, lambda: direction_ablation(network, direction))
+    conditions = [({"condition": "baseline", "draw": -1}, RowIntervention(), True),
+                  ({"condition": "selected_ablation", "draw": -1}, RowIntervention(direction=direction), True)]
     for draw in range(section["random_draws"]):
         random_direction = random_basis(d, 1, np.random.default_rng([section["seed"], 7, draw]))[:, 0]
-        evaluator.measure({"condition": "random_ablation", "draw": draw}, lambda v=random_direction: direction_ablation(network, v))
-    evaluator.measure({"condition": "selected_addition", "draw": -1},
-                      lambda: activation_addition(network, direction, int(meta["layer"])))
-    table = pd.DataFrame(evaluator.rows).assign(layer=int(meta["layer"]), position=int(meta["position"]), stage_version=version)
+        conditions.append(({"condition": "random_ablation", "draw": draw}, RowIntervention(direction=random_direction), True))
+    conditions.append(({"condition": "selected_addition", "draw": -1},
+                       RowIntervention(addition=(int(meta["layer"]), np.asarray(direction, np.float64))), True))
+    evaluator.measure(conditions)
+    table = evaluator.summary(layer=int(meta["layer"]), position=int(meta["position"]), stage_version=version)
     io.write_table(table, table_stem, title=f"Arditi all-layer ablation of {family} (held-out test prompts)")
     _write_prompts(evaluator.prompt_rows, prompts_path)
 
 
 def _write_prompts(rows: Sequence[Mapping[str, Any]], path: str) -> None:
+    """Per-prompt rows; `refused` and `degenerate` are nullable (empty where a condition was scored, not judged)."""
+    frame = pd.DataFrame(list(rows)).astype({"refused": "boolean", "degenerate": "boolean"})
     with io.atomic_path(path) as tmp:
-        pd.DataFrame(list(rows)).to_parquet(tmp, index=False)
+        frame.to_parquet(tmp, index=False)
 
 
 # --- abliterated reference model ---------------------------------------------------------------------------------
 
-def write_abliterated(*, family: str, model: Mapping[str, Any], direction_path: str, output_dir: str,
+CHECK_DTYPE = "float32"
+
+
+def relative_differences(reference: Mapping[int, Mapping[str, np.ndarray]], other: Mapping[int, Mapping[str, np.ndarray]],
+                         direction: np.ndarray) -> tuple[float, float]:
+    """(worst over layers of max|reference - other| / max|reference|, worst of max|other . r| / max|other|) at the
+    last position: how far the weight edit is from the hook ablation, and how much of r is left in the stream."""
+    r = unit(direction, "abliteration check")
+    difference = max(float(np.max(np.abs(reference[l]["last"] - other[l]["last"]))) / max(1e-12, float(np.max(np.abs(reference[l]["last"]))))
+                     for l in reference)
+    projection = max(float(np.max(np.abs(other[l]["last"] @ r))) / max(1e-12, float(np.max(np.abs(other[l]["last"]))))
+                     for l in reference)
+    return difference, projection
+
+
+def write_abliterated(*, family: str, model: Mapping[str, Any], selection_record: str, direction_path: str, output_dir: str,
                       check_prompts_path: str, section: Mapping[str, Any], system_prompt: str, version: int,
                       threads: int = 2) -> None:
     """Save the aligned model with the selected direction orthogonalized out of its weights (+ its tokenizer).
 
-    Before the rename, the saved model is reloaded and compared with the hook ablation of the original on
-    validation prompts: every layer's residual stream must agree to `abliteration_tolerance` (relative).
+    The edit, the saved weights and the check are all float32, whatever the runtime dtype (METHODS §6): the
+    original is loaded in float32 and its hook ablation captured on the first validation prompts, the weights are
+    edited and saved in float32, and the saved copy is reloaded in float32; every layer's residual stream must agree
+    with the hooks to `causal.abliteration_tolerance` (relative), a tolerance that only float32 can meet (one
+    bfloat16 rounding step is 2^-8). With no refusal to ablate, the directory holds only a record saying no model was
+    made (`rankaudit.stages.no_refusal`).
     """
-    from rankaudit.capture import capture_residual_stream
-    from rankaudit.models import load_model
+    import gc
 
-    network, tokenizer = load_aligned(model, threads)
+    from rankaudit.capture import capture_residual_stream
+    from rankaudit.models import load_model_from_spec
+
+    none = no_refusal_record(selection_record)
+    if none is not None:
+        write_no_abliterated(record=none, source=model["location"], output_dir=output_dir, version=version)
+        logger.warning("%s: no abliterated model made (%s)", family, none["note"])
+        return
     direction, meta = read_direction(direction_path)
+    check_frame = phase_prompts(check_prompts_path, "selection", "safety", section).head(ABLITERATION_CHECK_PROMPTS)
+    exact = {**model, "dtype": CHECK_DTYPE}
+    network, tokenizer = load_aligned(exact, threads)
     n_blocks = network.config.get_text_config().num_hidden_layers
-    check = prompt_set(check_prompts_path, section["selection"]["split"], None, section["seed"], tokenizer, system_prompt, "check")
-    check_ids = check.token_ids[:ABLITERATION_CHECK_PROMPTS]
+    check_ids = _prompt_set_of(check_frame, tokenizer, system_prompt, "check").token_ids
     layers = list(range(n_blocks + 1))
     pad = pad_id_of(tokenizer)
     with direction_ablation(network, direction):
@@ -253,75 +352,100 @@ def write_abliterated(*, family: str, model: Mapping[str, Any], direction_path: 
     with io.atomic_directory(output_dir) as tmp:
         network.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        reloaded = load_model(str(tmp), dtype=model.get("dtype", "float32"), device=model.get("device", "cpu"))
+        del network
+        gc.collect()
+        reloaded = load_model_from_spec(exact, location=str(tmp))
         edited = capture_residual_stream(reloaded, check_ids, layers, batch_size=len(check_ids), pad_token_id=pad)
-        r = unit(direction, family)
-        worst_difference = max(float(np.max(np.abs(hooked[l]["last"] - edited[l]["last"])) / max(1e-12, float(np.max(np.abs(hooked[l]["last"]))))) for l in layers)
-        worst_projection = max(float(np.max(np.abs(edited[l]["last"] @ r)) / max(1e-12, float(np.max(np.abs(edited[l]["last"]))))) for l in layers)
+        del reloaded
+        worst_difference, worst_projection = relative_differences(hooked, edited, direction)
         tolerance = section["abliteration_tolerance"]
         if worst_difference > tolerance:
             raise ValueError(f"family {family}: the weight-orthogonalized model differs from the hook ablation by "
-                             f"{worst_difference:.3g} (relative, worst layer) > causal.abliteration_tolerance {tolerance}")
+                             f"{worst_difference:.3g} (relative, worst layer, both in {CHECK_DTYPE}) > "
+                             f"causal.abliteration_tolerance {tolerance}")
         io.write_json(tmp / "abliteration.json", {
-            "family": family, "source": model["location"], "direction_layer": meta.get("layer"),
+            "family": family, "made": True, "source": model["location"], "direction_layer": meta.get("layer"),
             "direction_position": meta.get("position"), "direction_sha256": io.sha256_text(np.asarray(direction, np.float64).tobytes().hex()),
+            "saved_dtype": CHECK_DTYPE, "check_dtype": CHECK_DTYPE, "tolerance": tolerance,
             "max_relative_difference_vs_hooks": worst_difference, "max_relative_projection_on_direction": worst_projection,
-            "check_prompts": len(check_ids), **edit, "stage_version": version,
+            "check_prompts": len(check_ids), "check_dataset": check_frame.attrs.get("dataset"),
+            "check_split": section["selection"]["split"], **edit, "stage_version": version,
         })
-    logger.info("%s: abliterated model written to %s (hook vs weights: %.2g relative; |r.h| %.2g)", family, output_dir,
-                worst_difference, worst_projection)
+    logger.info("%s: abliterated model written to %s (hook vs weights in %s: %.2g relative; |r.h| %.2g)", family, output_dir,
+                CHECK_DTYPE, worst_difference, worst_projection)
 
 
 # --- sweeps ------------------------------------------------------------------------------------------------------
 
-def sweep_bases(basis: str, cells: Mapping[int, Mapping[str, Mapping[str, str]]], n_blocks: int,
-                section: Mapping[str, Any]) -> tuple[dict[str, dict[int, np.ndarray]], list[int], dict[str, Any]]:
-    """Per band and layer the top singular basis of M_basis (training split), the k grid and a record of it.
+def sweep_bands(n_blocks: int, section: Mapping[str, Any]) -> dict[str, list[int]]:
+    """The layers of each configured band for a model of `n_blocks` blocks."""
+    return {name: band_layers(n_blocks, *spec["range"], spec["count"]) for name, spec in section["bands"].items()}
 
-    `cells[layer][dataset][cell key]` are activation files (datasets safety/control; keys a_chat, b_chat, b_raw).
-    """
-    bands = {name: band_layers(n_blocks, *spec["range"], spec["count"]) for name, spec in section["bands"].items()}
+
+def band_matrices(basis: str, cells: Mapping[int, Mapping[str, Mapping[str, str]]], bands: Mapping[str, Sequence[int]],
+                  read_position: str) -> dict[int, np.ndarray]:
+    """M_basis (training split) at every band layer, read from the captured cells."""
     layers = sorted({layer for band in bands.values() for layer in band})
     missing = [layer for layer in layers if layer not in cells]
     if missing:
         raise KeyError(f"causal.bands: layers {missing} were not captured (capture.layers must include them)")
-    read_position = section["read_position"]
-    per_layer, ranks = {}, {}
+    matrices = {}
     for layer in layers:
         loaded = {dataset: {key: io.read_tensors(path)[0][read_position] for key, path in by_key.items()}
                   for dataset, by_key in cells[layer].items()}
-        matrix = basis_matrix(basis, loaded["safety"], loaded.get("control"))
-        ranks[layer] = numerical_rank(matrix)
-        per_layer[layer] = matrix
+        matrices[layer] = basis_matrix(basis, loaded["safety"], loaded.get("control"))
+    return matrices
+
+
+def sweep_bases(per_layer: Mapping[int, np.ndarray], bands: Mapping[str, Sequence[int]],
+                section: Mapping[str, Any]) -> tuple[dict[str, dict[int, np.ndarray]], list[int], dict[str, Any]]:
+    """Per band and layer the top singular basis of M_basis, the k grid and a record of it.
+
+    `per_layer[layer]` is M_basis at that band layer (`band_matrices`); every one must have rank >= 1.
+    """
+    ranks = {layer: numerical_rank(matrix) for layer, matrix in per_layer.items()}
     rank = min(ranks.values())
     ks = k_grid(section["k_grid"], rank)
     k_max = min(rank, max(max(ks), section["n_single"]))
     tops = {layer: top_directions(matrix, k_max) for layer, matrix in per_layer.items()}
-    record = {"bands": bands, "ranks": {str(l): r for l, r in ranks.items()}, "k_grid": ks, "k_max": k_max,
-              "read_position": read_position, "n_rows": {str(l): int(m.shape[0]) for l, m in per_layer.items()}}
+    record = {"bands": dict(bands), "ranks": {str(l): r for l, r in ranks.items()}, "k_grid": ks, "k_max": k_max,
+              "read_position": section["read_position"], "n_rows": {str(l): int(m.shape[0]) for l, m in per_layer.items()}}
     return {name: {layer: tops[layer] for layer in band} for name, band in bands.items()}, ks, record
 
 
 def run_sweep(*, family: str, basis: str, model: Mapping[str, Any], cells: Mapping[int, Mapping[str, Mapping[str, str]]],
               selection_record: str, direction_path: str, harmful_path: str, control_path: str, section: Mapping[str, Any],
               system_prompt: str, summary_stem: str, prompts_path: str, record_path: str, version: int, threads: int = 2) -> None:
-    """Every ablation of one (family, basis): baseline, cumulative top-k, single u_j and random k-subspaces per band."""
+    """Every ablation of one (family, basis): baseline, cumulative top-k, single u_j and random k-subspaces per band.
+
+    All conditions run together, their rows sharing batches. Baseline, cumulative and single conditions get judged
+    generations; random draws do when `causal.evaluation.random_generation` is set, and are otherwise reported by
+    their first-position refusal score and control KL alone (refusal-rate columns left empty, `judged` false).
+    """
+    none = no_refusal_record(selection_record)
+    if none is not None:
+        return write_no_refusal_sweep(record=none, basis=basis, summary_stem=summary_stem, prompts_path=prompts_path,
+                                      record_path=record_path, version=version)
     started = time.perf_counter()
+    bands = sweep_bands(int(read_record(selection_record)["n_blocks"]), section)
+    per_layer = band_matrices(basis, cells, bands, section["read_position"])
+    ranks = {layer: numerical_rank(matrix) for layer, matrix in per_layer.items()}
+    if min(ranks.values()) == 0:
+        return write_sweep_note(family=family, basis=basis, status=NO_SHIFT, note=no_shift_note(basis, ranks),
+                                extra={"ranks": json.dumps({str(l): r for l, r in ranks.items()})}, summary_stem=summary_stem,
+                                prompts_path=prompts_path, record_path=record_path, version=version)
     tokens, _, _ = read_selection(selection_record, direction_path)
     evaluator = _evaluator(family, model, section, harmful_path, control_path, system_prompt, tokens, threads, {"basis": basis})
-    network = evaluator.network
-    n_blocks = network.config.get_text_config().num_hidden_layers
-    top, ks, record = sweep_bases(basis, cells, n_blocks, section)
+    top, ks, record = sweep_bases(per_layer, bands, section)
     conditions = plan_conditions(top, ks, section["n_single"], section["random_draws"], section["seed"])
-    for index, condition in enumerate(conditions):
-        labels = {"condition": condition.name, "band": condition.band, "kind": condition.kind, "k": condition.k,
-                  "direction": condition.direction if condition.direction is not None else -1,
-                  "draw": condition.draw if condition.draw is not None else -1}
-        factory = _null if condition.kind == "baseline" else (lambda c=condition: projection_ablation(network, c.bases))
-        row = evaluator.measure(labels, factory)
-        logger.info("%s/%s %d/%d %s: refusal %.3f score %.2f kl %.4f", family, basis, index + 1, len(conditions),
-                    condition.name, row["refusal_rate"], row["score_mean"], row["control_kl_mean"])
-    table = pd.DataFrame(evaluator.rows).assign(stage_version=version)
+    judge_random = bool(section["evaluation"]["random_generation"])
+    planned = [({"condition": c.name, "band": c.band, "kind": c.kind, "k": c.k,
+                 "direction": c.direction if c.direction is not None else -1, "draw": c.draw if c.draw is not None else -1},
+                RowIntervention(bases=c.bases), c.kind != "random" or judge_random) for c in conditions]
+    for row in evaluator.measure(planned):
+        logger.info("%s/%s %s: refusal %.3f score %.2f kl %.4f", family, basis, row["condition"], row.get("refusal_rate", np.nan),
+                    row["score_mean"], row["control_kl_mean"])
+    table = evaluator.summary(stage_version=version)
     io.write_table(table, summary_stem, title=f"Ablation sweep of {family}, basis M_{basis} (held-out test prompts)")
     _write_prompts(evaluator.prompt_rows, prompts_path)
     io.write_json(record_path, {**record, "family": family, "basis": basis, "n_conditions": len(conditions),
