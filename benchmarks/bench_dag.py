@@ -9,7 +9,6 @@ Not a test: `make bench` (or `python benchmarks/bench_dag.py`) prints the number
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import statistics
@@ -21,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import yaml
+from benchcommon import Ratio, benchmark_arguments, report
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -79,6 +79,20 @@ def local_rules() -> set[str]:
     return names
 
 
+def gpu_rules() -> set[str]:
+    """Rules that may ask for a GPU (a `gpu` resource or `model_resources(...)` in rules/*.smk); capture rules are
+    named per model. Whether a job really gets one depends on its model's device, so this is an upper bound."""
+    names = set()
+    for path in (REPO / "rules").glob("*.smk"):
+        rule = None
+        for line in path.read_text().splitlines():
+            if line.startswith("rule "):
+                rule = line[len("rule "):].rstrip(":").strip()
+            elif rule and ("gpu=" in line.replace(" ", "") or "model_resources(" in line):
+                names.add(rule)
+    return names
+
+
 def dataset_rows(config: dict, key: str) -> int:
     if key in ("safety", "control"):
         return int(config["datasets"][key]["n"])
@@ -101,7 +115,7 @@ def activation_bytes(config: dict) -> dict[str, int]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_arguments(__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=REPO / "config" / "paper.yaml")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
@@ -117,7 +131,7 @@ def main() -> int:
     one_job_s, full_s = statistics.median(one_job), statistics.median(full)
     local = local_rules()
     remote = {rule: n for rule, n in counts.items() if rule not in local}
-    gpu = {rule: n for rule, n in counts.items() if rule.startswith("capture_")}
+    gpu = {rule: n for rule, n in counts.items() if rule.startswith("capture_") or rule in gpu_rules()}
     print(f"config: {args.config.relative_to(REPO) if args.config.is_relative_to(REPO) else args.config}")
     print(f"families: {', '.join(f'{name} (L={len(layers) - 1})' for name, layers in family_layers(config).items())}")
     print(f"{'rule':<36}{'jobs':>6}")
@@ -131,6 +145,10 @@ def main() -> int:
     for model, size in sizes.items():
         print(f"activations {model:<32}{size / 1e9:>7.2f} GB")
     print(f"activations total: {sum(sizes.values()) / 1e9:.1f} GB (float32, {VECTORS_PER_PROMPT} vectors per prompt)")
+    print()
+    report([Ratio("paper-sized DAG: dry run of the whole study / of one job (wall time only)", full_s / one_job_s, "-",
+                  full_s / one_job_s, note=f"{sum(counts.values())} jobs ({sum(gpu.values())} on a GPU node), {full_s:.1f} s vs {one_job_s:.1f} s "
+                  f"wall, median of {args.rounds}; {sum(sizes.values()) / 1e9:.0f} GB of activations")], args.ratios_json)
     return 0
 
 

@@ -1,141 +1,174 @@
-"""Benchmark of generation under ablation hooks (issue 4, performance): batched vs the paper's batch-1 loop.
+"""The sweep's cost per condition against the paper's own loops, on the demo's organism and the paper's prompts.
 
-Both arms run `rankaudit.organisms.generation.generate_greedy` (greedy, KV cache, left padding) on the same
-prompts with the same `projection_ablation` hooks active (k directions at the narrow band's layers), once with
-`--batch-size` prompts per call and once one prompt per call, as the paper's scripts did. EOS is disabled so that
-both arms generate exactly `--new-tokens` tokens per prompt. The arms are interleaved over `--rounds` and the
-median times give the throughput ratio (target >= 5).
+Model: the demo's Llama organism architecture (config/config.yaml `organisms.architectures.llama`) with its
+family tokenizer (`rankaudit.organisms.tokenizer.train_tokenizer` on the organisms' corpus of all the paper's prompts),
+randomly initialised: timings do not depend on the weights, and EOS is switched off so that every arm generates
+its full length. Prompts: the first `--prompts` safety and control prompts of the paper's `prompts_v4.py`, in the
+family's chat format. One condition = the narrow band's layers, a random k-dimensional basis per layer.
 
-Then the cost of a paper-sized sweep is extrapolated from the measured per-token costs (assumptions printed):
-generated tokens = families x bases x conditions x prompts x new tokens, per-token cost scaled linearly with the
-parameter count to 8B (compute-bound decoding), and a GPU figure from an assumed batch-1 GPU latency per token
-divided by the measured batching speed-up (a lower bound for a GPU, where batch-1 decoding is memory-bound).
+Arms (single-threaded, interleaved over `--rounds`, medians of wall and process CPU time):
+- `score`: the project scoring one condition: `refusal.last_position_log_probs` of the harmful and the control
+  prompts under `interventions.projection_ablation` (refusal log-odds and control KL follow from them);
+- `capture`: `capture.capture_residual_stream` of every layer of the safety and control prompts;
+- `generate`: the project's judged-generation path for the same condition, `generate_greedy` batched;
+- `paper_generate`: the paper's generation loop for one condition, `diagnostics_v4._refusal_rate` (one
+  `model.generate` per prompt, 100 new tokens) under the same ablation;
+- `paper_capture`: the paper's `diagnostics_v4.collect_acts` (one forward per prompt, `output_hidden_states`)
+  of the safety and control prompts.
+The paper's `_Ablate` hook reads `out[0]` of a decoder block, which under transformers >= 5 (blocks return a
+tensor) is batch row 0 and fails; `projection_ablation` applies the same map h - U U^T h at the same block
+outputs, so it stands in for the hook while the paper's loop runs unchanged.
 
-`--model DIR` uses a saved model + tokenizer (e.g. resources/organisms/llama/aligned); the default is a random
-Llama (d=512, 8 layers, vocab 32k) with prompts of random token ids. Not a test: people read the numbers.
+Rows for `make bench`: paper_generate / score >= 50 (speed-up), (paper_capture + paper_generate) /
+(capture + score) >= 20. The paper's scripts are read from benchmarks/benchcommon.ANCHORS at run time; without
+them the rows are reported as skipped.
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
+import contextlib
+import io
 import sys
-import time
 from typing import Any
 
 import numpy as np
-import torch
-from benchcommon import wait_for_idle
+import yaml
+from benchcommon import (REPO, Ratio, Timing, benchmark_arguments, interleaved, markdown_table, paper_scripts,
+                         ratio_rows, report, single_thread, wait_for_idle)
 
+from rankaudit.capture import capture_residual_stream
+from rankaudit.formats import encode_prompts
 from rankaudit.interventions import projection_ablation
+from rankaudit.organisms.architectures import new_model
+from rankaudit.organisms.corpus import tokenizer_corpus
 from rankaudit.organisms.generation import generate_greedy
-from rankaudit.sweeps import band_layers
+from rankaudit.organisms.tokenizer import train_tokenizer
+from rankaudit.refusal import kl_rows, last_position_log_probs, pad_id_of, refusal_log_odds, refusal_tokens
+from rankaudit.sweeps import band_layers, random_basis
 
-PAPER_PARAMETERS = 8.0e9
-
-
-class IdTokenizer:
-    """Just enough of a tokenizer for generate_greedy over prompts that are space-separated token ids."""
-
-    pad_token_id = 0
-    eos_token_id = None
-
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
-        return {"input_ids": [int(t) for t in text.split()]}
-
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
-        return " ".join(str(i) for i in ids)
+FAMILY = "llama"
+PAPER_NEW_TOKENS = 100  # diagnostics_v4._refusal_rate's max_new_tokens
 
 
-
-def load(args: argparse.Namespace) -> tuple[Any, Any, list[str]]:
-    rng = np.random.default_rng(args.seed)
-    if args.model:
-        from rankaudit.models import load_model, load_tokenizer
-
-        model = load_model(args.model, attn_implementation="eager")
-        tokenizer = load_tokenizer(args.model)
-        words = ["bread", "poem", "sea", "lock", "bicycle", "language", "France", "novel", "garden", "music"]
-        texts = [" ".join(rng.choice(words, size=int(rng.integers(6, 18)))) for _ in range(args.prompts)]
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True) for t in texts]
-    else:
-        from transformers import LlamaConfig, LlamaForCausalLM
-
-        torch.manual_seed(args.seed)
-        config = LlamaConfig(vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
-                             num_key_value_heads=8, max_position_embeddings=1024, tie_word_embeddings=False)
-        model = LlamaForCausalLM(config).eval().requires_grad_(False)
-        tokenizer = IdTokenizer()
-        prompts = [" ".join(str(t) for t in rng.integers(3, 32000, size=int(rng.integers(24, 49)))) for _ in range(args.prompts)]
+def organism(prompts: list[str], seed: int) -> tuple[Any, Any]:
+    """The demo's organism architecture and family tokenizer, random weights, EOS off."""
+    settings = yaml.safe_load((REPO / "config" / "config.yaml").read_text())["organisms"]
+    tokenizer = train_tokenizer(FAMILY, tokenizer_corpus(FAMILY, prompts, [], []), **settings["tokenizer"])
+    model = new_model(FAMILY, settings["architectures"][FAMILY], tokenizer, seed).eval().requires_grad_(False)
     model.generation_config.eos_token_id = None
-    return model, tokenizer, prompts
+    return model, tokenizer
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="saved model + tokenizer directory (default: random Llama d=512, 8 layers)")
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--k", type=int, default=10, help="directions ablated per band layer")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--idle-threshold", type=float, default=1.0)
-    parser.add_argument("--max-wait", type=float, default=120.0)
-    parser.add_argument("--sweep-prompts", type=int, default=200, help="held-out harmful + control prompts per condition")
-    parser.add_argument("--sweep-new-tokens", type=int, default=100)
-    parser.add_argument("--gpu-batch1-ms", type=float, default=25.0,
-                        help="assumed batch-1 HF generate latency per token of an 8B model on one GPU (bf16)")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    print(wait_for_idle(args.idle_threshold, args.max_wait))
-    model, tokenizer, prompts = load(args)
-    n_params = sum(p.numel() for p in model.parameters())
+def condition_bases(model: Any, k: int, seed: int) -> dict[int, np.ndarray]:
+    """A random k-dimensional basis at each layer of the narrow band (as the sweep's random-control conditions)."""
     n_blocks, d = model.config.num_hidden_layers, model.config.hidden_size
-    rng = np.random.default_rng(args.seed + 1)
-    bases = {layer: np.linalg.qr(rng.standard_normal((d, args.k)))[0] for layer in band_layers(n_blocks, 0.45, 0.70, 5)}
+    rng = np.random.default_rng(seed)
+    return {layer: random_basis(d, k, rng) for layer in band_layers(n_blocks, 0.45, 0.70, 5)}
 
-    def run(batch_size: int) -> tuple[float, list[str]]:
-        started = time.perf_counter()
+
+def main(argv: list[str] | None = None) -> int:
+    parser = benchmark_arguments(__doc__.split("\n")[0])
+    parser.add_argument("--prompts", type=int, default=24, help="safety and control prompts each (the demo's n)")
+    parser.add_argument("--batch-size", type=int, default=48, help="the demo's causal.batch_size")
+    parser.add_argument("--new-tokens", type=int, default=24, help="the demo's causal.generation.max_new_tokens")
+    parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    single_thread()
+    anchors = paper_scripts()
+    if anchors is None:
+        report([Ratio("sweep: paper's batch-1 generation / project scoring, one condition (speed-up)", None, ">= 50",
+                      note="paper's scripts absent"),
+                Ratio("paper's batch-1 loops / project capture + one condition scored (speed-up)", None, ">= 20",
+                      note="paper's scripts absent")], args.ratios_json)
+        return 0
+    import diagnostics_v4
+    import prompts_v4
+
+    safety, control = prompts_v4.safety_prompts(args.prompts), prompts_v4.control_prompts(args.prompts)
+    every_prompt = [text for name in ("SAFETY_PROMPTS_BASE", "CONTROL_PROMPTS_BASE", "ENGLISH_PROMPTS", "FRENCH_PROMPTS",
+                                      "QUESTION_PROMPTS", "STATEMENT_PROMPTS") for text in getattr(prompts_v4, name)]
+    model, tokenizer = organism(every_prompt, args.seed)
+    harmful = encode_prompts(tokenizer, safety, "chat", mean_last_k=4)
+    benign = encode_prompts(tokenizer, control, "chat", mean_last_k=4)
+    pad, tokens = pad_id_of(tokenizer), refusal_tokens(tokenizer)
+    bases = condition_bases(model, args.k, args.seed)
+    rendered = [record.rendered for record in harmful.records]
+    all_ids = [*harmful.token_ids, *benign.token_ids]
+    reference = last_position_log_probs(model, benign.token_ids, args.batch_size, pad)
+
+    def score() -> tuple[np.ndarray, np.ndarray]:
         with projection_ablation(model, bases):
-            texts = generate_greedy(model, tokenizer, prompts, args.new_tokens, batch_size)
-        return time.perf_counter() - started, texts
+            bad = last_position_log_probs(model, harmful.token_ids, args.batch_size, pad)
+            good = last_position_log_probs(model, benign.token_ids, args.batch_size, pad)
+        return refusal_log_odds(bad, tokens.ids), kl_rows(reference, good)
 
-    run(args.batch_size)
-    times: dict[str, list[float]] = {"batched": [], "batch1": []}
-    outputs = {}
-    for _ in range(args.rounds):
-        for arm, size in (("batched", args.batch_size), ("batch1", 1)):
-            seconds, outputs[arm] = run(size)
-            times[arm].append(seconds)
-    medians = {arm: statistics.median(values) for arm, values in times.items()}
-    tokens = args.prompts * args.new_tokens
-    ratio = medians["batch1"] / medians["batched"]
-    identical = sum(a == b for a, b in zip(outputs["batched"], outputs["batch1"]))
-    print(f"model: {args.model or 'random Llama d=512 L=8 vocab 32k'} ({n_params / 1e6:.1f}M parameters), hooks: k={args.k} at layers {sorted(bases)}")
-    print(f"{args.prompts} prompts x {args.new_tokens} new tokens, {args.rounds} interleaved rounds, {args.threads} thread(s)")
-    for arm in ("batched", "batch1"):
-        print(f"  {arm:8s}: median {medians[arm]:.2f}s  ({tokens / medians[arm]:.1f} tokens/s, {1e3 * medians[arm] / tokens:.2f} ms/token)"
-              f"  runs {[round(t, 2) for t in times[arm]]}")
-    print(f"  throughput ratio batched / batch-1: {ratio:.1f}x (target >= 5x); identical continuations: {identical}/{args.prompts}")
+    def capture() -> object:
+        return capture_residual_stream(model, all_ids, "all", batch_size=args.batch_size, mean_last_k=4,
+                                       post_instruction_len=len(harmful.post_instruction_ids), pad_token_id=pad)
 
-    ks, draws, singles, bands, families, bases_count = 6, 10, 5, 2, 3, 3
-    ours = 1 + bands * (ks + singles + ks * draws)
-    paper = 1 + bands * (ks + singles + ks * 1)
-    scale = PAPER_PARAMETERS / n_params
-    print("\nPaper-sized sweep (assumptions): 3 families x 3 bases; per family-basis 1 baseline + 2 bands x (6 k + 5 single"
-          f" + 6 k x 10 random) = {ours} conditions (the paper's design: 1 random draw, {paper});"
-          f" {args.sweep_prompts} prompts x {args.sweep_new_tokens} new tokens per condition; per-token cost scaled by 8e9 / {n_params:.3g} parameters.")
-    for label, conditions in (("this project's sweep", ours), ("the paper's sweep size", paper)):
-        total = families * bases_count * conditions * args.sweep_prompts * args.sweep_new_tokens
-        cpu_batched = total * medians["batched"] / tokens * scale / 3600
-        cpu_batch1 = total * medians["batch1"] / tokens * scale / 3600
-        gpu_batch1 = total * args.gpu_batch1_ms / 1e3 / 3600
-        print(f"  {label}: {total / 1e6:.1f}M generated tokens; on this CPU scaled to 8B: batched {cpu_batched:,.0f} h vs batch-1 "
-              f"{cpu_batch1:,.0f} h; GPU at {args.gpu_batch1_ms:g} ms/token batch-1: {gpu_batch1:,.1f} GPU-h batch-1 vs "
-              f"<= {gpu_batch1 / ratio:,.1f} GPU-h batched (measured ratio; batch-1 GPU decoding is memory-bound, so the real gain is larger)")
+    def generate() -> list[str]:
+        with projection_ablation(model, bases):
+            return generate_greedy(model, tokenizer, rendered, PAPER_NEW_TOKENS, args.batch_size)
+
+    def paper_generate() -> dict:
+        with projection_ablation(model, bases), contextlib.redirect_stdout(io.StringIO()):
+            return diagnostics_v4._refusal_rate(model, tokenizer, safety, "cpu")
+
+    def paper_capture() -> tuple[dict, dict]:
+        return (diagnostics_v4.collect_acts(model, tokenizer, safety, "cpu", chat=True),
+                diagnostics_v4.collect_acts(model, tokenizer, control, "cpu", chat=True))
+
+    check_same_states(model, tokenizer, rendered, paper_capture()[0], args.batch_size)
+    print(wait_for_idle(args.idle_load, args.max_wait), flush=True)
+    times = interleaved({"score": score, "capture": capture, "generate": generate, "paper_generate": paper_generate,
+                         "paper_capture": paper_capture}, args.rounds)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {FAMILY} organism architecture ({n_params / 1e6:.2f}M parameters, d={model.config.hidden_size}, "
+          f"{model.config.num_hidden_layers} blocks, vocab {len(tokenizer)}), random init; {args.prompts} safety + "
+          f"{args.prompts} control prompts of {anchors.name}/prompts_v4.py (chat format, mean "
+          f"{np.mean([len(ids) for ids in all_ids]):.0f} tokens); ablation k={args.k} at layers {sorted(bases)}")
+    print(f"\n{'arm':<16}{'median wall s':>15}{'median CPU s':>14}")
+    for name, timing in times.items():
+        print(f"{name:<16}{timing.wall:>15.3f}{timing.cpu:>14.3f}")
+    both = {"ours": Timing(times["capture"].wall + times["score"].wall, times["capture"].cpu + times["score"].cpu, args.rounds),
+            "paper": Timing(times["paper_capture"].wall + times["paper_generate"].wall,
+                            times["paper_capture"].cpu + times["paper_generate"].cpu, args.rounds)}
+    print("\nmore ratios:")
+    print(markdown_table([
+        ratio_rows("paper's batch-1 generation / project batched generation, 100 tokens (speed-up)",
+                   times["paper_generate"], times["generate"], "-", ""),
+        ratio_rows("paper's collect_acts / project capture, all layers (speed-up)", times["paper_capture"],
+                   times["capture"], "-", ""),
+    ]))
+    print()
+    where = (f"demo llama organism (d={model.config.hidden_size}, {model.config.num_hidden_layers} blocks), random init; "
+             f"{args.prompts} + {args.prompts} paper prompts")
+    report([
+        ratio_rows("sweep: paper's batch-1 generation / project scoring, one condition (speed-up)", times["paper_generate"],
+                   times["score"], ">= 50", f"{where}; paper: {args.prompts} harmful x {PAPER_NEW_TOKENS} tokens; "
+                   f"project: refusal score + control KL, batch {args.batch_size}"),
+        ratio_rows("paper's batch-1 loops / project capture + one condition scored (speed-up)", both["paper"], both["ours"],
+                   ">= 20", f"{where}; collect_acts + _refusal_rate vs capture_residual_stream + scoring"),
+    ], args.ratios_json)
     return 0
+
+
+def check_same_states(model: Any, tokenizer: Any, rendered: list[str], paper: dict, batch_size: int) -> None:
+    """Both arms run the same model: the project's capture of the paper's own token ids reproduces collect_acts.
+
+    The paper tokenizes the rendered chat text again with special tokens, so its prompts carry a second BOS where
+    the template already has one (one token longer than `encode_prompts`' ids); that is kept as the paper ran it.
+    """
+    ids = [tokenizer(text)["input_ids"] for text in rendered]
+    captured = capture_residual_stream(model, ids, "all", batch_size=batch_size, pad_token_id=pad_id_of(tokenizer))
+    inner = sorted(paper)[:-1]  # HF's last hidden state is taken after the final norm, not a block output
+    worst = max(float(np.max(np.abs(captured[layer + 1]["last"] - paper[layer]))) for layer in inner)
+    print(f"check: project capture of the paper's token ids vs the paper's collect_acts, last token, block outputs "
+          f"{inner[0]}..{inner[-1]}: max |difference| = {worst:.2e}")
+    if worst > 1e-4:
+        raise SystemExit("the project's capture and the paper's loop disagree on the same prompts and model")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Paper-sized spectra: n = 200 prompts, d = 4096, 33 layers, every variant, through the real per-layer job.
+"""Paper-sized spectra: one layer at n = 200 prompts, d = 4096, every variant, through the real per-layer job.
 
-Writes synthetic activation cells (low-rank shift + noise) once, then times `analyse_layer` over 33 layers
-(6 safety variants + 5 control variants, uncentered and centered, plus the direction numbers) against a baseline
-run side by side: numpy's full SVD of the same matrices. Reports the total and the ratio. Run single-threaded
-BLAS (as the workflow's `threads: 1` rules do) so two jobs can share the 2 cores.
+Writes synthetic activation cells (low-rank shift + noise) once, then times `analyse_layer` on one layer (6 safety
+variants + 5 control variants, uncentered and centered, every eps below, the Gaussian null, the direction
+numbers, reading the cells and writing the JSON) against a baseline run side by side: numpy's singular values of the same
+22 matrices (`np.linalg.svd(..., compute_uv=False)`, all that the rank measures need) and nothing else.
+The nulls' per-shape caches are cleared before each call, since every workflow job is a fresh process.
+Single-threaded BLAS, as the workflow's `threads: 1` rules run; medians of interleaved rounds.
 """
 
 from __future__ import annotations
@@ -13,19 +15,20 @@ import os
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from benchcommon import benchmark_arguments, interleaved, ratio_rows, report, wait_for_idle
 
-from benchcommon import wait_for_idle
-
-from rankaudit import io, matrices
-from rankaudit.stages.layer_analysis import CELL_KEYS, analyse_layer
+from rankaudit import io, matrices, spectra
 from rankaudit.plan import VARIANTS_PER_DATASET
+from rankaudit.stages.layer_analysis import CELL_KEYS, analyse_layer
 
-N, D, LAYERS = 200, 4096, 33
+N, D = 200, 4096
+EPS = [0.01, 0.05, 0.1, 0.2]
+CAPTURE_K = [1, 3, 5, 10, 20, 50]
 
 
 def write_cells(root: Path, rng: np.random.Generator) -> dict:
@@ -43,38 +46,43 @@ def write_cells(root: Path, rng: np.random.Generator) -> dict:
     return cells
 
 
-def main() -> None:
-    idle = wait_for_idle(threshold=1.0, max_wait=300)
+def main(argv: list[str] | None = None) -> int:
+    parser = benchmark_arguments(__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         cells = write_cells(root, rng)
-        started = time.perf_counter()
-        for layer in range(LAYERS):
-            outputs = {dataset: {v: str(root / f"out_{layer}_{dataset}_{v}.json") for v in variants}
-                       for dataset, variants in VARIANTS_PER_DATASET.items()}
-            analyse_layer(family="bench", layer=layer, cells=cells, outputs=outputs,
-                          direction_output=str(root / f"dir_{layer}.safetensors"), read_position="last",
-                          eps=[0.01, 0.05, 0.1, 0.2], capture_k=[1, 3, 5, 10, 20, 50], noise_draws=1, seed=0, version=0)
-        ours = time.perf_counter() - started
+        outputs = {dataset: {v: str(root / f"out_{dataset}_{v}.json") for v in variants}
+                   for dataset, variants in VARIANTS_PER_DATASET.items()}
         loaded = {d: {k: io.read_tensors(p)[0]["last"].astype(np.float64) for k, p in by.items()} for d, by in cells.items()}
-        variants = {"safety": matrices.all_matrices(loaded["safety"], loaded["control"]),
-                    "control": matrices.dataset_matrices(**loaded["control"])}
-        started = time.perf_counter()
-        for _ in range(LAYERS):
-            for by_variant in variants.values():
-                for matrix in by_variant.values():
-                    for centered in (False, True):
-                        work = matrix - matrix.mean(axis=0) if centered else matrix
-                        np.linalg.svd(work, full_matrices=False)
-        baseline = time.perf_counter() - started
-    n_matrices = LAYERS * sum(len(v) for v in VARIANTS_PER_DATASET.values())
-    print(f"paper-sized spectra: n={N}, d={D}, {LAYERS} layers, {n_matrices} matrices x (uncentered, centered), "
-          f"4 eps, directions; {idle}")
-    print(f"  analyse_layer, all layers (incl. reading cells, writing JSON): {ours:.1f} s  (target: < 60 s)")
-    print(f"  baseline, numpy full SVD of the same matrices only:           {baseline:.1f} s")
-    print(f"  ratio ours / baseline: {ours / baseline:.2f}")
+        variants = [*matrices.all_matrices(loaded["safety"], loaded["control"]).values(),
+                    *matrices.dataset_matrices(**loaded["control"]).values()]
+
+        def ours() -> None:
+            for cached in [value for value in vars(spectra).values() if hasattr(value, "cache_clear")]:
+                cached.cache_clear()
+            analyse_layer(family="bench", layer=0, cells=cells, outputs=outputs,
+                          direction_output=str(root / "direction.safetensors"), read_position="last", eps=EPS,
+                          capture_k=CAPTURE_K, noise_draws=1, seed=0, version=0)
+
+        def numpy_svd() -> None:
+            for matrix in variants:
+                for work in (matrix, matrix - matrix.mean(axis=0)):
+                    np.linalg.svd(work, compute_uv=False)
+
+        print(wait_for_idle(args.idle_load, args.max_wait), flush=True)
+        times = interleaved({"analyse_layer": ours, "numpy_svd": numpy_svd}, args.rounds)
+    print(f"one paper-sized layer: n={N}, d={D}, {len(variants)} matrices x (uncentered, centered), eps {EPS}")
+    for name, timing in times.items():
+        print(f"  {name:<14} median {timing.wall:.2f} s wall, {timing.cpu:.2f} s CPU")
+    note = (f"one layer, n={N}, d={D}, {len(variants)} variants x (uncentered, centered), eps {EPS}, null, directions, "
+            "cell I/O; numpy: singular values only")
+    report([ratio_rows("spectra of one paper-sized layer: analyse_layer / numpy SVD of the same matrices (time)",
+                       times["analyse_layer"], times["numpy_svd"], "<= 1", note)], args.ratios_json)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
