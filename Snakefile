@@ -15,20 +15,24 @@ if not workflow.overwrite_configfiles:
 include: "rules/common.smk"
 include: "rules/prompts.smk"
 include: "rules/organisms.smk"
+include: "rules/checkpoints.smk"
+include: "rules/refusal_tuning.smk"
 include: "rules/capture.smk"
 include: "rules/spectra.smk"
 include: "rules/tables.smk"
 include: "rules/limits.smk"
 include: "rules/causal.smk"
 include: "rules/calibration.smk"
+include: "rules/download.smk"
 
 
 rule all:
     input:
         prompt_dataset_files(),
         organism_files(),
+        checkpoint_files(),
         rules.audit_tables.output,
         expand("results/figures/{family}/{figure}.png", family=config["families"], figure=["cumulative_variance", "rho_by_layer"]),
         rules.limits_all.input,
         rules.causal_all.input,
-        rules.calibration_all.input if "calibration" in config else [],
+        rules.calibration_all.input if CALIBRATION_REQUESTED else [],

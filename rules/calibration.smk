@@ -9,8 +9,10 @@
 
 from rankaudit.calibration import grid as calibration_grid
 
-if "calibration" not in config:
-    # a config without the section (e.g. one written for the LLM stages only) gets every METHODS 6 default
+# A config without the section (e.g. one written for the LLM stages only) asks for no calibration grid: `rule all`
+# leaves it out, and `calibration_all` still runs it on request at every METHODS 6 default.
+CALIBRATION_REQUESTED = "calibration" in config
+if not CALIBRATION_REQUESTED:
     config["calibration"] = {}
     validate(config["calibration"], "../config/schema/calibration.schema.yaml")
 CALIBRATION = config["calibration"]

@@ -21,13 +21,14 @@ STAGE_VERSION = {
     "spectra": 1,
     "tables": 1,
     "calibration": 1,
-    "causal": 1,
+    "causal": 2,
     "limits": 1,
+    "checkpoints": 1,
 }
 
 # Sections whose every key has a default: an absent section is validated as {} and so filled with the defaults.
 SECTIONS_WITH_DEFAULTS = ["limits"]
-CONFIG_SECTIONS = ["prompts", "organisms", "models", "families", "runtime", "datasets", "capture", "audit", "limits", "causal", "calibration"]
+CONFIG_SECTIONS = ["prompts", "organisms", "checkpoints", "models", "families", "runtime", "datasets", "capture", "audit", "limits", "causal", "calibration"]
 
 
 def _config_origin():
