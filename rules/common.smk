@@ -26,6 +26,11 @@ STAGE_VERSION = {
     "checkpoints": 1,
 }
 
+# Jobs on the long chain organisms -> captures -> causal -> abliterated captures -> analysis go first; the
+# model-independent MLP calibration cells (default priority 0) fill the cores they leave idle. Without this the
+# scheduler started the 30 calibration cells first and the demo's critical path waited two minutes for them.
+MODEL_JOB_PRIORITY = 1
+
 # Sections whose every key has a default: an absent section is validated as {} and so filled with the defaults.
 SECTIONS_WITH_DEFAULTS = ["limits"]
 CONFIG_SECTIONS = ["prompts", "organisms", "checkpoints", "models", "families", "runtime", "datasets", "capture", "audit", "limits", "causal", "calibration"]
