@@ -110,7 +110,6 @@ rule causal_select:
         "logs/causal/{family}/select.log",
     benchmark:
         "benchmarks/causal/{family}/select.tsv"
-    priority: MODEL_JOB_PRIORITY
     threads: 2
     resources:
         **model_resources(lambda w: causal_aligned(w.family), mem_mb=16000, minutes=60),
@@ -138,7 +137,6 @@ rule causal_arditi:
         "logs/causal/{family}/arditi.log",
     benchmark:
         "benchmarks/causal/{family}/arditi.tsv"
-    priority: MODEL_JOB_PRIORITY
     threads: 2
     resources:
         **model_resources(lambda w: causal_aligned(w.family), mem_mb=16000, minutes=60),
@@ -166,7 +164,6 @@ rule causal_abliterate:
         "logs/causal/{family}/abliterate.log",
     benchmark:
         "benchmarks/causal/{family}/abliterate.tsv"
-    priority: MODEL_JOB_PRIORITY
     threads: 2
     resources:
         **model_resources(lambda w: causal_aligned(w.family), mem_mb=40000, minutes=30, weight_copies=2),
@@ -198,7 +195,6 @@ rule causal_sweep:
         "logs/causal/{family}/sweep_{basis}.log",
     benchmark:
         "benchmarks/causal/{family}/sweep_{basis}.tsv"
-    priority: MODEL_JOB_PRIORITY
     threads: 2
     resources:
         **model_resources(lambda w: causal_aligned(w.family), mem_mb=16000, minutes=120),
