@@ -119,7 +119,7 @@ for _model in plan.captured_models(config):
             f"logs/capture/{_model}.log",
         benchmark:
             f"benchmarks/capture/{_model}.tsv"
-            threads: 2
+        threads: 2
         resources:
             **model_resources(_model, mem_mb=8000, minutes=60),
         script:
