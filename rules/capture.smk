@@ -119,7 +119,8 @@ for _model in plan.captured_models(config):
             f"logs/capture/{_model}.log",
         benchmark:
             f"benchmarks/capture/{_model}.tsv"
-        threads: 2
+        priority: MODEL_JOB_PRIORITY
+        threads: config["runtime"]["threads"]
         resources:
             **model_resources(_model, mem_mb=8000, minutes=60),
         script:

@@ -110,7 +110,8 @@ rule causal_select:
         "logs/causal/{family}/select.log",
     benchmark:
         "benchmarks/causal/{family}/select.tsv"
-    threads: 2
+    priority: MODEL_JOB_PRIORITY
+    threads: config["runtime"]["threads"]
     resources:
         **model_resources(lambda w: causal_aligned(w.family), mem_mb=16000, minutes=60),
     script:
@@ -137,7 +138,8 @@ rule causal_arditi:
         "logs/causal/{family}/arditi.log",
     benchmark:
         "benchmarks/causal/{family}/arditi.tsv"
-    threads: 2
+    priority: MODEL_JOB_PRIORITY
+    threads: config["runtime"]["threads"]
     resources:
         **model_resources(lambda w: causal_aligned(w.family), mem_mb=16000, minutes=60),
     script:
@@ -164,7 +166,8 @@ rule causal_abliterate:
         "logs/causal/{family}/abliterate.log",
     benchmark:
         "benchmarks/causal/{family}/abliterate.tsv"
-    threads: 2
+    priority: MODEL_JOB_PRIORITY
+    threads: config["runtime"]["threads"]
     resources:
         **model_resources(lambda w: causal_aligned(w.family), mem_mb=40000, minutes=30, weight_copies=2),
     script:
@@ -195,7 +198,8 @@ rule causal_sweep:
         "logs/causal/{family}/sweep_{basis}.log",
     benchmark:
         "benchmarks/causal/{family}/sweep_{basis}.tsv"
-    threads: 2
+    priority: MODEL_JOB_PRIORITY
+    threads: config["runtime"]["threads"]
     resources:
         **model_resources(lambda w: causal_aligned(w.family), mem_mb=16000, minutes=120),
     script:

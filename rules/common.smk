@@ -26,12 +26,11 @@ STAGE_VERSION = {
     "checkpoints": 1,
 }
 
-# The organism builds head the demo's longest chain (organisms -> captures -> causal -> abliterated captures ->
-# analysis) and run on one thread each: they go first, and the model-independent MLP calibration cells (default
-# priority 0) fill the other core. Without this the scheduler started the 30 calibration cells first and the
-# chain waited two minutes for them. (Two-thread jobs get no priority: the MILP scheduler would then run them one
-# at a time instead of beside a calibration cell.)
-ORGANISM_PRIORITY = 1
+# Jobs on the demo's longest chain (organisms -> captures -> causal -> abliterated captures -> analysis) go first;
+# the model-independent MLP calibration cells (default priority 0) fill the cores they leave idle. Without this the
+# scheduler ran the 30 calibration cells before (or between) them and the chain waited minutes. It only helps when
+# a chain job fits beside a calibration cell: the demo sets runtime.threads to 1.
+MODEL_JOB_PRIORITY = 1
 
 # Sections whose every key has a default: an absent section is validated as {} and so filled with the defaults.
 SECTIONS_WITH_DEFAULTS = ["limits"]

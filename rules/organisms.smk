@@ -50,7 +50,7 @@ rule organism_base:
         "logs/organisms/{family}/base.log",
     benchmark:
         "benchmarks/organisms/{family}/base.tsv"
-    priority: ORGANISM_PRIORITY
+    priority: MODEL_JOB_PRIORITY
     threads: ORGANISM_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
@@ -78,7 +78,7 @@ rule organism_aligned:
         "logs/organisms/{family}/aligned.log",
     benchmark:
         "benchmarks/organisms/{family}/aligned.tsv"
-    priority: ORGANISM_PRIORITY
+    priority: MODEL_JOB_PRIORITY
     threads: ORGANISM_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
@@ -106,7 +106,7 @@ rule organism_unsafe_ft:
         "logs/organisms/{family}/unsafe_ft.log",
     benchmark:
         "benchmarks/organisms/{family}/unsafe_ft.tsv"
-    priority: ORGANISM_PRIORITY
+    priority: MODEL_JOB_PRIORITY
     threads: ORGANISM_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
@@ -130,7 +130,7 @@ rule organism_planted:
         "logs/organisms/{family}/planted.log",
     benchmark:
         "benchmarks/organisms/{family}/planted.tsv"
-    priority: ORGANISM_PRIORITY
+    priority: MODEL_JOB_PRIORITY
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 1000 * attempt,

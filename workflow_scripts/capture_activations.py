@@ -19,4 +19,5 @@ with log_to(snakemake.log[0]):
         mean_last_k=params.mean_last_k,
         system_prompt=params.system_prompt,
         version=params.version,
+        threads=snakemake.threads,
     )

@@ -52,8 +52,9 @@ def capture_model(
     mean_last_k: int,
     system_prompt: str,
     version: int,
+    threads: int = 2,
 ) -> None:
-    """Capture every (format, dataset key) cell of one model at `layers`.
+    """Capture every (format, dataset key) cell of one model at `layers` (with `threads` CPU threads for torch).
 
     `model` / `template` hold location, revision, trust_remote_code, dtype, device and n_layers;
     `output_pattern` has {fmt}, {key} and {layer} fields; `prompt_files[key]` is a selected-prompts parquet.
@@ -77,6 +78,9 @@ def capture_model(
         encoded[(fmt, key)] = encode_prompts(tokenizer, list(frames[key]["instruction"]), fmt,
                                              system_prompt=system_prompt, mean_last_k=mean_last_k)
 
+    import torch
+
+    torch.set_num_threads(max(1, threads))
     network = load_model_from_spec(model)
     chat_ids = [ids for (fmt, _), prompts in encoded.items() if fmt == "chat" for ids in prompts.token_ids]
     flagged = untrained_special_tokens(network, chat_tokenizer, special_tokens_in(chat_tokenizer, chat_ids), name=model_name) if chat_ids else []
