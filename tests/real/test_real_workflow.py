@@ -42,7 +42,10 @@ def test_real_small_config_plans_the_whole_real_lane(tmp_path):
     capture_reasons = {job.rule: job.reason for job in plan.jobs if job.rule.startswith("capture_")}
     assert "resources/checkpoints/smollm2_instruct" in capture_reasons["capture_smollm2_instruct"]
     assert "resources/checkpoints/smollm2_planted" in capture_reasons["capture_smollm2_planted"]
-    assert plan.wildcards("causal_select") == [{"family": "smollm2_instruct"}]
+    assert plan.wildcards("checkpoint_refusal_tune") == [{"name": "smollm2_refusal"}]
+    assert "resources/checkpoints/smollm2_refusal" in capture_reasons["capture_smollm2_refusal"]
+    assert sorted(w["family"] for w in plan.wildcards("causal_select")) == ["smollm2_instruct", "smollm2_refusal"]
+    assert sorted(w["family"] for w in plan.wildcards("causal_abliterate")) == ["smollm2_instruct", "smollm2_refusal"]
     assert plan.counts["fetch_public_prompts"] == 6
 
 
