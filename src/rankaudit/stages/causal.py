@@ -397,13 +397,13 @@ def band_matrices(basis: str, cells: Mapping[int, Mapping[str, Mapping[str, str]
     return matrices
 
 
-def sweep_bases(per_layer: Mapping[int, np.ndarray], bands: Mapping[str, Sequence[int]],
+def sweep_bases(per_layer: Mapping[int, np.ndarray], ranks: Mapping[int, int], bands: Mapping[str, Sequence[int]],
                 section: Mapping[str, Any]) -> tuple[dict[str, dict[int, np.ndarray]], list[int], dict[str, Any]]:
     """Per band and layer the top singular basis of M_basis, the k grid and a record of it.
 
-    `per_layer[layer]` is M_basis at that band layer (`band_matrices`); every one must have rank >= 1.
+    `per_layer[layer]` is M_basis at that band layer (`band_matrices`) and `ranks[layer]` its numerical rank;
+    every rank must be >= 1.
     """
-    ranks = {layer: numerical_rank(matrix) for layer, matrix in per_layer.items()}
     rank = min(ranks.values())
     ks = k_grid(section["k_grid"], rank)
     k_max = min(rank, max(max(ks), section["n_single"]))
@@ -436,7 +436,7 @@ def run_sweep(*, family: str, basis: str, model: Mapping[str, Any], cells: Mappi
                                 prompts_path=prompts_path, record_path=record_path, version=version)
     tokens, _, _ = read_selection(selection_record, direction_path)
     evaluator = _evaluator(family, model, section, harmful_path, control_path, system_prompt, tokens, threads, {"basis": basis})
-    top, ks, record = sweep_bases(per_layer, bands, section)
+    top, ks, record = sweep_bases(per_layer, ranks, bands, section)
     conditions = plan_conditions(top, ks, section["n_single"], section["random_draws"], section["seed"])
     judge_random = bool(section["evaluation"]["random_generation"])
     planned = [({"condition": c.name, "band": c.band, "kind": c.kind, "k": c.k,
