@@ -165,3 +165,18 @@ def test_a_basis_that_is_zero_at_band_layers_gets_a_no_shift_note_without_loadin
     assert row["kind"] == NO_SHIFT and json.loads(row["ranks"]) == {"2": 0, "3": 6}
     assert "M_template is exactly zero at band layers [2]" in row["note"]
     assert json.loads((tmp_path / "sweep.json").read_text())["status"] == NO_SHIFT
+
+
+def test_capture_refuses_an_abliterated_reference_that_was_never_made(tmp_path):
+    """A family listing the abliterated copy of a model with no refusal gets the reason, not a loader error."""
+    from rankaudit.stages.capture import capture_model
+
+    directory = tmp_path / "abliterated"
+    directory.mkdir()
+    (directory / "abliteration.json").write_text(json.dumps({"family": "tiny", "made": False,
+                                                             "note": "no refusal to ablate: 0/6"}))
+    spec = {"location": str(directory), "n_layers": 2}
+    with pytest.raises(ValueError, match=r"no abliterated model was made \(no refusal to ablate: 0/6\).*families.tiny.references"):
+        capture_model(model_name="tiny_abliterated", model=spec, template_name="tiny", template=spec, cells=[], layers=[0],
+                      prompt_files={}, output_pattern=str(tmp_path / "{fmt}_{key}_{layer}"), record_path=str(tmp_path / "r.json"),
+                      batch_size=1, mean_last_k=1, system_prompt="default", version=1)

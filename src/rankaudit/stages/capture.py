@@ -18,6 +18,7 @@ from rankaudit.formats import EncodedPrompts, encode_prompts, special_tokens_in
 from rankaudit.models import check_pair, load_config, load_model_from_spec, load_tokenizer, require_chat_template, untrained_special_tokens
 from rankaudit.prompts import read_prompt_set
 from rankaudit.prompts.tables import instructions_sha256
+from rankaudit.stages.no_refusal import require_abliterated_model
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def capture_model(
     `model` / `template` hold location, revision, trust_remote_code, dtype, device and n_layers;
     `output_pattern` has {fmt}, {key} and {layer} fields; `prompt_files[key]` is a selected-prompts parquet.
     """
+    require_abliterated_model(model["location"])
     model_config = load_config(model["location"], **_loader_args(model))
     template_config = load_config(template["location"], **_loader_args(template))
     check_pair(model_config, template_config, (model_name, template_name))
