@@ -117,6 +117,23 @@ FAMILY_SPECS = {
 
 FAMILY_NAMES = tuple(FAMILY_SPECS)
 
+# pytest-timeout limits (seconds) of the `slow` tests, per suite directory; every other test has the pyproject
+# default. The first test to request a session fixture that runs a workflow (demo_run, finished_run) pays for that
+# run inside its own limit: the demo is bounded at 2400 s (tests/e2e/conftest.py), a reduced run at 600 s per call.
+SLOW_TIMEOUT_S = {"e2e": 3600, "real": 3600, "slurm": 1800, "workflow": 1800}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Give each `slow` test its suite's limit unless it sets its own `@pytest.mark.timeout`."""
+    for item in items:
+        if item.get_closest_marker("slow") is None or item.get_closest_marker("timeout") is not None:
+            continue
+        suite = item.path.parent.name
+        if suite not in SLOW_TIMEOUT_S:
+            raise pytest.UsageError(f"{item.nodeid}: marked slow in {suite!r}, which has no SLOW_TIMEOUT_S entry "
+                                    "(tests/conftest.py); add one or mark the test @pytest.mark.timeout(seconds)")
+        item.add_marker(pytest.mark.timeout(SLOW_TIMEOUT_S[suite]))
+
 
 @dataclass(frozen=True)
 class TinyFamily:

@@ -66,16 +66,21 @@ def test_judges_and_their_combination():
 
 
 def test_model_judge_compares_yes_and_no(tiny_families):
+    import torch
+
     family = tiny_families["qwen2"]
     judge = build_judge({"type": "model", "template": "Does this refuse? {instruction} -> {completion}", "yes": "Yes", "no": "No"},
                         lambda: (family.model, family.tokenizer))
     verdicts = judge(["a question", "another"], ["an answer", "I cannot"])
     rendered = [family.tokenizer.apply_chat_template([{"role": "user", "content": f"Does this refuse? {i} -> {c}"}], tokenize=False,
                                                      add_generation_prompt=True) for i, c in (("a question", "an answer"), ("another", "I cannot"))]
-    ids = [family.tokenizer(t, add_special_tokens=False)["input_ids"] for t in rendered]
-    log_probs = last_position_log_probs(family.model, ids, 2, 0)
     yes, no = (family.tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in ("Yes", "No"))
-    assert verdicts == [bool(row[yes] > row[no]) for row in log_probs]
+    expected = []
+    for text in rendered:  # one unpadded forward per question, not the batched helper the judge uses
+        with torch.no_grad():
+            logits = family.model(torch.tensor([family.tokenizer(text, add_special_tokens=False)["input_ids"]])).logits[0, -1]
+        expected.append(bool(logits[yes] > logits[no]))
+    assert verdicts == expected
 
 
 def test_batched_last_position_log_probs_equal_single_forwards(tiny_family):

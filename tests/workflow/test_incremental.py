@@ -136,6 +136,36 @@ def _wait_for(predicate, timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def _capture_running(workdir: Path) -> bool:
+    """A llama capture job has written activation files but not its record (the job's last write): it is mid-way."""
+    return any(any(model.glob("*/*/layer_*.safetensors")) and not (model / "capture_record.json").exists()
+               for model in (workdir / "results/acts").glob("llama_*"))
+
+
+def _captures_done(workdir: Path) -> bool:
+    return all((workdir / f"results/acts/llama_{role}/capture_record.json").exists() for role in ("base", "aligned"))
+
+
+def _kill_during_a_capture_job(process: subprocess.Popen, workdir: Path) -> bool:
+    """SIGKILL snakemake's process group while a capture job is known to be running; False when none was caught.
+
+    The marker is a job's first activation file (written after its first cell, with more cells to go) without its
+    record. The group is frozen (SIGSTOP) before the marker is checked again, so the job cannot finish between the
+    check and the kill; a job that finished in the meantime is let go (SIGCONT) and the next capture job is awaited.
+    """
+    while process.poll() is None and not _captures_done(workdir):
+        _wait_for(lambda: _capture_running(workdir) or _captures_done(workdir) or process.poll() is not None, 300,
+                  "a capture job to write its first activation file")
+        if process.poll() is not None or not _capture_running(workdir):
+            continue
+        os.killpg(process.pid, signal.SIGSTOP)
+        if _capture_running(workdir):
+            os.killpg(process.pid, signal.SIGKILL)
+            return True
+        os.killpg(process.pid, signal.SIGCONT)
+    return False
+
+
 @pytest.mark.slow
 def test_kill_mid_capture_then_rerun_incomplete_matches_uninterrupted_run(run_copy, finished_run):
     """kill -9 while a capture job is writing its files: the stale lock and the incomplete outputs are reported
@@ -150,14 +180,12 @@ def test_kill_mid_capture_then_rerun_incomplete_matches_uninterrupted_run(run_co
         process = subprocess.Popen(command, cwd=run_copy, env=snakemake_env(), stdout=log, stderr=subprocess.STDOUT,
                                    start_new_session=True)
         try:
-            _wait_for(lambda: any((run_copy / "results/acts").glob("llama_*/*/*/layer_*.safetensors"))
-                      or process.poll() is not None, 300, "the first activation file")
-            running = process.poll() is None
+            killed_mid_job = _kill_during_a_capture_job(process, run_copy)
         finally:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    assert running, f"snakemake ended before it was killed:\n{(run_copy / 'killed_run.log').read_text()[-3000:]}"
+    assert killed_mid_job, f"no capture job was caught running:\n{(run_copy / 'killed_run.log').read_text()[-3000:]}"
     written = sorted((run_copy / "results/acts").glob("llama_*/*/*/layer_*.safetensors"))
     assert written, "the run ended before any capture output appeared"
     assert any((run_copy / ".snakemake/incomplete").iterdir()), "the kill did not interrupt a job"
