@@ -19,10 +19,12 @@ include: "rules/checkpoints.smk"
 include: "rules/refusal_tuning.smk"
 include: "rules/capture.smk"
 include: "rules/spectra.smk"
+include: "rules/precision.smk"
 include: "rules/tables.smk"
 include: "rules/limits.smk"
 include: "rules/causal.smk"
 include: "rules/calibration.smk"
+include: "rules/headline.smk"
 include: "rules/download.smk"
 
 
@@ -32,7 +34,9 @@ rule all:
         organism_files(),
         checkpoint_files(),
         rules.audit_tables.output,
+        precision_floor_files(),
         expand("results/figures/{family}/{figure}.png", family=config["families"], figure=["cumulative_variance", "rho_by_layer"]),
         rules.limits_all.input,
         rules.causal_all.input,
         rules.calibration_all.input if CALIBRATION_REQUESTED else [],
+        rules.headline_table.output,

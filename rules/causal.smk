@@ -9,7 +9,8 @@ from rankaudit.sweeps import CELLS_PER_BASIS, band_layers
 CAUSAL = config.get("causal", {})
 CAUSAL_FAMILIES = list(CAUSAL.get("families", []))
 CAUSAL_BASES = list(CAUSAL.get("bases", []))
-CAUSAL_TABLES = ["causal_selection", "causal_arditi", "causal_k3_narrow", "causal_per_direction", "causal_k_sweep", "causal_ordering"]
+CAUSAL_TABLES = ["causal_selection", "causal_arditi", "causal_k3_narrow", "causal_per_direction", "causal_k_sweep", "causal_ordering",
+                 "causal_canonical_cosines", "causal_canonical_cosines_mean", "causal_layer_convention"]
 CAUSAL_FIGURES = ["refusal_vs_k", "per_direction", "selection"]
 # what the model jobs read: the section without the aggregator's settings and the job lists, so that changing
 # the ordering statistics or adding a family never re-runs a GPU job
@@ -53,6 +54,11 @@ def causal_selection_activations(family):
             for layer in causal_selection_layers(family)}
 
 
+def causal_layer_directions(family):
+    """{layer: per-layer direction file of the spectra stage} (u_1 of each variant, difference in means)."""
+    return {layer: f"results/{family}/directions/layer_{layer}.safetensors" for layer in plan.family_layers(config, family)}
+
+
 def causal_band_layers(family):
     n_blocks = plan.model_n_layers(config, causal_aligned(family))
     return sorted({layer for spec in CAUSAL["bands"].values() for layer in band_layers(n_blocks, *spec["range"], spec["count"])})
@@ -90,12 +96,15 @@ wildcard_constraints:
 
 
 rule causal_select:
-    """Arditi's direction: score every (post-instruction position, layer) candidate on validation prompts, filter, pick."""
+    """Arditi's direction: filter prompts by refusal score (train rows and validation prompts), score every
+    (post-instruction position, layer) candidate on validation prompts, filter candidates, pick."""
     input:
         model=lambda w: model_files(causal_aligned(w.family)),
         activations=lambda w: [path for by_kind in causal_selection_activations(w.family).values() for path in by_kind.values()],
         harmful=causal_prompt_file("selection", "safety"),
         harmless=causal_prompt_file("selection", "control"),
+        harmful_train=selected_prompts("safety"),
+        harmless_train=selected_prompts("control"),
     output:
         record=ensure(causal_stem("{family}", "selection") + ".json", non_empty=True),
         direction=causal_stem("{family}", "direction") + ".safetensors",
@@ -212,12 +221,17 @@ rule causal_tables:
         prompts=[f"{causal_stem(f, 'sweep_' + b + '_prompts')}.parquet" for f in CAUSAL_FAMILIES for b in CAUSAL_BASES],
         arditi=[f"{causal_stem(f, 'arditi')}.parquet" for f in CAUSAL_FAMILIES],
         selections=[f"{causal_stem(f, 'selection')}.json" for f in CAUSAL_FAMILIES],
+        directions=[f"{causal_stem(f, 'direction')}.safetensors" for f in CAUSAL_FAMILIES],
+        layer_directions=[path for f in CAUSAL_FAMILIES for path in causal_layer_directions(f).values()],
     output:
         **{name: report(f"results/tables/{name}.md", caption=f"../report/{name}.rst", category="3. Causal tests", subcategory="tables")
            for name in CAUSAL_TABLES},
         data=[f"results/tables/{name}.{suffix}" for name in CAUSAL_TABLES for suffix in ("parquet", "csv")],
     params:
         ordering={**CAUSAL.get("ordering", {}), "seed": CAUSAL.get("seed", 0)},
+        selected_directions={f: f"{causal_stem(f, 'direction')}.safetensors" for f in CAUSAL_FAMILIES},
+        layer_directions={f: causal_layer_directions(f) for f in CAUSAL_FAMILIES},
+        bands=CAUSAL.get("bands", {}),
         version=STAGE_VERSION["causal"],
     log:
         "logs/causal/tables.log",

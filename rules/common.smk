@@ -18,12 +18,13 @@ STAGE_VERSION = {
     "prompts": 1,
     "organisms": 1,
     "capture": 1,
-    "spectra": 1,
-    "tables": 1,
-    "calibration": 1,
-    "causal": 2,
-    "limits": 1,
+    "spectra": 2,
+    "tables": 2,
+    "calibration": 2,
+    "causal": 3,
+    "limits": 2,
     "checkpoints": 1,
+    "precision": 1,
 }
 
 # Jobs on the demo's longest chain (organisms -> captures -> causal -> abliterated captures -> analysis) go first;

@@ -1,9 +1,11 @@
 # Limits of the rank diagnostics (METHODS 3 and 7, issue 6). Needs rules/common.smk and rules/capture.smk.
 # One numpy job per family x layer reads that layer's cells once (A/B chat on D_s, every unsafe reference's chat
 # cell, and A/B x raw/chat on every concept set) and writes results/{family}/limits/layer_{layer}.json: the LRH
-# baseline, rank distributions under subsampling without replacement, split-half angles, singular-value gaps, the
-# eps and n sweeps beside pure noise, and the spectral gap per reference (a violated structural bound fails the
-# job). Local aggregators write the tables, the generated limits section and one figure per family.
+# baseline, rank distributions under subsampling without replacement with the corrected rank interval, split-half
+# angles, singular-value gaps, the eps and n sweeps beside pure noise, and the spectral gap per reference (a violated
+# structural bound fails the job), each record tagged with its layer_status. Local aggregators write the tables
+# (layer 0 and zero or rank <= 1 layers kept per layer, left out of every aggregate), the generated limits section
+# and one figure per family.
 # `limits_all` collects everything, for `rule all`.
 
 if config["limits"]["headline_eps"] not in config["limits"]["eps"]:

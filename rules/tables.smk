@@ -17,7 +17,8 @@ localrules:
 
 rule audit_tables:
     input:
-        [path for family in config["families"] for path in family_spectrum_files(family)],
+        spectra=[path for family in config["families"] for path in family_spectrum_files(family)],
+        floor=precision_floor_parquets(),
     output:
         **audit_table_outputs(),
         data=[f"results/tables/{name}.{ext}" for name in AUDIT_TABLES for ext in ("parquet", "csv")],

@@ -1,4 +1,4 @@
-"""Snakemake adapter: capture every cell of one model."""
+"""Snakemake adapter: capture every cell of one model (or, for the precision floor, its first prompts in float32)."""
 
 from rankaudit.stages.capture import capture_model
 from rankaudit.workflow_logging import log_to
@@ -20,4 +20,6 @@ with log_to(snakemake.log[0]):
         system_prompt=params.system_prompt,
         version=params.version,
         threads=snakemake.threads,
+        first_prompts=getattr(params, "first_prompts", None),
+        compute_dtype=getattr(params, "compute_dtype", None),
     )

@@ -10,6 +10,8 @@ with log_to(snakemake.log[0]):
         activations={int(layer): paths for layer, paths in snakemake.params.activations.items()},
         harmful_path=snakemake.input.harmful,
         harmless_path=snakemake.input.harmless,
+        harmful_train_path=snakemake.input.harmful_train,
+        harmless_train_path=snakemake.input.harmless_train,
         section=snakemake.params.causal,
         system_prompt=snakemake.params.system_prompt,
         record_path=snakemake.output.record,

@@ -11,4 +11,8 @@ with log_to(snakemake.log[0]):
         selections=list(snakemake.input.selections),
         outputs={name: snakemake.output[name].removesuffix(".md") for name in snakemake.output.keys() if name != "data"},
         settings=snakemake.params.ordering,
+        selected_directions=snakemake.params.selected_directions,
+        layer_directions={family: {int(layer): path for layer, path in by_layer.items()}
+                          for family, by_layer in snakemake.params.layer_directions.items()},
+        bands=snakemake.params.bands,
     )

@@ -4,7 +4,10 @@ M_h = A(chat) - B(chat) and M_u = U(chat) - B(chat) are the honest and unsafe sh
 to the base model; S = M_h - M_u. The Mirsky-route lower bound needs kappa = s_r(S)^2 / (eps (||M_h||_F^2 +
 ||M_u||_F^2)) > 8 at r = rank_eps(S), but kappa <= gamma / (eps r) <= 2 / (eps r) always, so that route is closed
 once eps r > 1/4. The tail-energy route needs no gap: any residual E with ||E||_F below a budget proportional to
-||S||_F leaves rank_eps'(S - E) >= rank_eps(S) for a stricter eps' < eps.
+||S||_F leaves rank_eps'(S - E) >= rank_eps(S) for a stricter eps' < eps. Its budget relative to the pair scale,
+beta sqrt(gamma), is below sqrt(2 eps) whenever eps' > 0 (beta < sqrt(eps), gamma <= 2), while eps-approximating
+both shifts may leave a residual of sqrt(2 eps) of that scale; so, like the Mirsky route, it cannot close a lower
+bound that holds uniformly over eps-approximable shifts.
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ def spectral_gap(m_honest: np.ndarray, m_unsafe: np.ndarray, eps: float, eps_str
       `per_mode_budget` = residual_budget / sqrt(r): the largest norm each of r mutually orthogonal rank-one
       residual components may have (their norms add in squares) while staying certified, and
       `per_mode_budget_ratio` = per_mode_budget / s_r: that per-mode allowance against the weakest retained mode.
+    - `uniform_residual_relative` = sqrt(2 eps): the residual ||S - Y||_F / sqrt(||M_h||^2 + ||M_u||^2) that
+      replacing both shifts by eps-approximations Y_h, Y_u (Y = Y_h - Y_u) may leave (docs/THEORY.md §7). A uniform
+      lower bound would need residual_budget_relative >= it; beta < sqrt(eps) for eps' > 0 and gamma <= 2 make
+      residual_budget_relative < sqrt(2 eps) always, so `tail_closes_uniform` is False for every pair with eps' > 0.
     For S = 0 (identical shifts) r = 0 and kappa, gamma-derived ratios are NaN; the bound holds vacuously.
     """
     honest = as_matrix(m_honest, "m_honest")
@@ -68,6 +75,7 @@ def spectral_gap(m_honest: np.ndarray, m_unsafe: np.ndarray, eps: float, eps_str
             "budget_factor": beta, "residual_budget": 0.0, "residual_budget_exact": 0.0,
             "residual_budget_relative": 0.0 if pair_energy > 0 else math.nan,
             "per_mode_budget": 0.0, "per_mode_budget_ratio": math.nan,
+            "uniform_residual_relative": math.sqrt(2.0 * eps), "tail_closes_uniform": False,
         }
     s_r = float(values[r - 1])
     kappa = s_r**2 / (eps * pair_energy)
@@ -95,4 +103,6 @@ def spectral_gap(m_honest: np.ndarray, m_unsafe: np.ndarray, eps: float, eps_str
         "residual_budget_relative": beta * math.sqrt(gamma),
         "per_mode_budget": per_mode,
         "per_mode_budget_ratio": per_mode / s_r,
+        "uniform_residual_relative": math.sqrt(2.0 * eps),
+        "tail_closes_uniform": bool(beta * math.sqrt(gamma) >= math.sqrt(2.0 * eps)),
     }

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import scipy.linalg
 
+from rankaudit.degeneracy import COSINE_OK, COSINE_UNDEFINED, is_zero
 from rankaudit.spectra import as_matrix
 
 
@@ -102,14 +103,45 @@ def capture_fractions(matrix: np.ndarray, direction: np.ndarray, ks: Sequence[in
     return {int(k): capture_fraction(basis[:, : min(k, available)], direction) for k in ks}
 
 
-def direction_summary(matrix: np.ndarray, direction: np.ndarray, ks: Sequence[int]) -> dict:
-    """One SVD, every §4 number of one matrix: |cos(u_1, r)|, |cos(u_1, mean row)| and c_k for k in `ks`."""
+def direction_summary(
+    matrix: np.ndarray,
+    direction: np.ndarray,
+    ks: Sequence[int],
+    *,
+    zero_tolerance: float = 0.0,
+    basis: np.ndarray | None = None,
+) -> dict:
+    """One SVD, every §4 number of one matrix: |cos(u_1, r)|, |cos(u_1, mean row)| and c_k for k in `ks`.
+
+    A vector with every entry at most `zero_tolerance` (see `rankaudit.degeneracy`) has no direction, so a number
+    that needs it is None (JSON null), not 0 or NaN: u_1 needs a non-zero matrix, |cos(u_1, r)| and c_k also a
+    non-zero r, |cos(u_1, mean row)| a non-zero mean row. `status` is "undefined" when any number is None and
+    `zero_vectors` names the zero ones. `basis`, when given, is the matrix's top-k basis (`top_directions`) with
+    k >= min(max(ks), min(n, d)), so a caller that already has it pays no second decomposition.
+    """
     matrix = as_matrix(matrix)
+    direction = np.asarray(direction, dtype=np.float64).ravel()
     available = min(matrix.shape)
-    basis = top_directions(matrix, min(max([1, *ks]), available))
-    top = basis[:, 0]
-    return {
-        "cos_top_direction": abs_cos(top, direction),
-        "cos_top_mean": abs_cos(top, matrix.mean(axis=0)),
-        "capture": {int(k): capture_fraction(basis[:, : min(k, available)], direction) for k in ks},
+    mean_row = matrix.mean(axis=0)
+    zero_vectors = [
+        name for name, vector in (("matrix", matrix), ("refusal_direction", direction), ("mean_row", mean_row))
+        if is_zero(vector, zero_tolerance)
+    ]
+    if "matrix" in zero_vectors:
+        top = None
+    else:
+        if basis is None:
+            basis = top_directions(matrix, min(max([1, *ks]), available))
+        top = basis[:, 0]
+    has_direction = top is not None and "refusal_direction" not in zero_vectors
+    summary = {
+        "cos_top_direction": abs_cos(top, direction) if has_direction else None,
+        "cos_top_mean": abs_cos(top, mean_row) if top is not None and "mean_row" not in zero_vectors else None,
+        "capture": {
+            int(k): capture_fraction(basis[:, : min(k, available)], direction) if has_direction else None for k in ks
+        },
+        "zero_vectors": zero_vectors,
     }
+    defined = summary["cos_top_direction"] is not None and summary["cos_top_mean"] is not None
+    summary["status"] = COSINE_OK if defined else COSINE_UNDEFINED
+    return summary

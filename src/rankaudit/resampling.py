@@ -4,14 +4,20 @@ Rows (prompts) are resampled WITHOUT replacement: the with-replacement bootstrap
 directions from the sample and biases every rank functional downward. All row subsets are taken from the n x n
 Gram matrix G = M M^T computed once (a subset's Gram is G[idx][:, idx], and centering it is J G J), so a draw
 costs an eigendecomposition of an m x m matrix instead of an SVD of an m x d one.
+
+Subsets of m < n rows vary less than fresh samples of n and are centred on the rank at m, so their raw range
+understates the uncertainty of the rank at n; `rank_prediction_interval` turns them into an interval for the rank a
+repeat study with n fresh prompts would find (docs/METHODS.md §7).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 import scipy.linalg
+import scipy.stats
 
 from rankaudit.directions import top_directions
 from rankaudit.spectra import as_matrix, energy_rank, noise_rho
@@ -33,7 +39,7 @@ def principal_angles(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 def _subset_count(n: int, fraction: float) -> int:
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"subsampling fraction must lie in (0, 1), got {fraction}")
-    count = int(round(fraction * n))
+    count = round(fraction * n)
     if not 2 <= count < n:
         raise ValueError(f"subsampling {fraction} of {n} rows gives {count} rows; need 2 <= rows < {n}")
     return count
@@ -96,6 +102,43 @@ def summarize_ranks(ranks: np.ndarray, eps_list: Sequence[float], d: int) -> lis
     return records
 
 
+def jackknife_factor(n: int, m: int) -> float:
+    """sqrt(m / (n - m)): turns the spread of a statistic over m-row subsets (without replacement) of n rows into its
+    spread over independent n-row samples (the delete-d jackknife with d = n - m; Shao and Wu 1989)."""
+    if not 2 <= m < n:
+        raise ValueError(f"jackknife_factor: need 2 <= m < n, got m={m}, n={n}")
+    return math.sqrt(m / (n - m))
+
+
+def rank_prediction_interval(full_rank: int, subset_ranks: np.ndarray, n: int, m: int, level: float, max_rank: int) -> dict:
+    """The interval that covers, with probability `level`, the rank_eps a repeat study with n fresh prompts finds.
+
+    Derivation (docs/METHODS.md §7): the delete-d jackknife standard error of the rank at n is
+    se = sqrt(m / (n - m)) x std(subset ranks); a fresh rank R' and the observed full-sample rank R are independent
+    with the same law, so R' - R is symmetric with variance 2 se^2. The interval is R +/- z sqrt(2) se, centred on the
+    full-sample rank (not on the subsets, which sit at the rank of m prompts), with z the two-sided normal quantile
+    of `level`; because ranks are integers the half-width is rounded to the nearest integer (continuity
+    correction) and the ends clipped to [0, max_rank] (max_rank = min(n, d)). Keys: `rank_se`, `half_width` (before
+    rounding), `low`, `high` (integers).
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"rank_prediction_interval: level must lie in (0, 1), got {level}")
+    values = np.asarray(subset_ranks, dtype=np.float64)
+    spread = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    rank_se = jackknife_factor(n, m) * spread
+    half_width = float(scipy.stats.norm.ppf(0.5 + level / 2.0)) * math.sqrt(2.0) * rank_se
+    reach = math.floor(half_width + 0.5)
+    return {"rank_se": rank_se, "half_width": half_width, "low": max(int(full_rank) - reach, 0),
+            "high": min(int(full_rank) + reach, int(max_rank))}
+
+
+def raw_subset_interval(subset_ranks: np.ndarray, level: float) -> tuple[float, float]:
+    """The central `level` range of the subset ranks themselves (what the subsamples show before any correction)."""
+    tail = 50.0 * (1.0 - level)
+    low, high = np.percentile(np.asarray(subset_ranks, dtype=np.float64), [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
 def split_half_angles(matrix: np.ndarray, k: int, *, draws: int = 10, seed: int = 0, centered: bool = False) -> np.ndarray:
     """draws x k principal angles between the top-k right singular subspaces of two disjoint random halves.
 
@@ -148,7 +191,7 @@ def singular_value_gaps(
     subsets = np.stack([
         _subset_singular_values(gram, rng.choice(n, count, replace=False), centered)[: top + 1] for _ in range(draws)
     ])
-    spread = subsets.std(axis=0, ddof=1) * np.sqrt(n / count) * np.sqrt(count / (n - count)) if draws > 1 else np.zeros(top + 1)
+    spread = subsets.std(axis=0, ddof=1) * np.sqrt(n / count) * jackknife_factor(n, count) if draws > 1 else np.zeros(top + 1)
     records = []
     for i in range(top):
         gap_next = float(full[i] - full[i + 1])

@@ -8,6 +8,11 @@ captured training-split activations. Each candidate is scored on validation prom
 - induce: mean refusal log-odds on harmless prompts with the unnormalised r added at its own layer l;
 - KL: mean KL(unablated || ablated) of the last-position next-token distribution on harmless prompts.
 
+Prompt filter (Arditi et al.'s `filter_data`, on by default): before the candidates are built and scored, the
+harmful prompts of both the training and the scoring split whose refusal log-odds is <= 0 (the model does not
+refuse them) and the harmless prompts whose log-odds is >= 0 are dropped, so that the difference in means and the
+bypass score compare refused with answered prompts only.
+
 Filters: discard a candidate with any NaN score, layer >= int(0.8 L), KL > 0.1 or induce < 0; the survivor with
 the lowest bypass is selected. Every candidate's scores and the reason it was discarded are kept.
 """
@@ -44,6 +49,29 @@ class SelectionRules:
 
     def layer_limit(self, n_blocks: int) -> int:
         return int(self.max_layer_fraction * n_blocks)
+
+
+def refusal_score_mask(scores: np.ndarray, harmful: bool) -> np.ndarray:
+    """Which prompts Arditi's filter keeps: harmful ones with refusal log-odds > 0, harmless ones with < 0."""
+    values = np.asarray(scores, dtype=np.float64)
+    return values > 0.0 if harmful else values < 0.0
+
+
+def filter_counts(masks: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, dict[str, dict[str, int]]]:
+    """{split: {role: {"before": n, "after": kept}}} from {split: {role: keep mask}}."""
+    return {split: {role: {"before": int(mask.size), "after": int(np.count_nonzero(mask))} for role, mask in by_role.items()}
+            for split, by_role in masks.items()}
+
+
+def require_filtered_prompts(counts: Mapping[str, Mapping[str, Mapping[str, int]]], minimum: int, where: str) -> None:
+    """Raise, naming the split and prompt set, when the filter left fewer than `minimum` prompts of any set."""
+    short = [f"{role} {split}: {c['after']} of {c['before']} kept" for split, by_role in counts.items()
+             for role, c in by_role.items() if c["after"] < minimum]
+    if short:
+        raise ValueError(f"{where}: Arditi's refusal-score filter (harmful kept when log-odds > 0, harmless when < 0) "
+                         f"left too few prompts ({'; '.join(short)}) < causal.selection.min_prompts_after_filter = "
+                         f"{minimum}; the aligned model does not separate these prompts by its first-token refusal "
+                         "score: check the refusal tokens and prompt sets, or set causal.selection.filter_by_refusal_score false")
 
 
 def candidate_directions(harmful: Mapping[int, np.ndarray], harmless: Mapping[int, np.ndarray]) -> list[Candidate]:

@@ -6,12 +6,14 @@ for the paper's shapes (n = 200, d = 4096) that is ~10x faster than an SVD and, 
 function of the energies s_i^2, the Gram route loses nothing that matters (its absolute error on s_i^2 is about
 max(n, d) * machine-eps * s_1^2, far below any energy fraction we threshold). `method="svd"` is available when
 small singular values themselves are needed accurately. See docs/THEORY.md for the definitions and proofs.
+Which modes count as non-zero follows the precision the activations were computed in (`dtype`, default float64):
+float32 or bfloat16 round-off is not signal (`numerical_tolerance`).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -24,6 +26,10 @@ Method = Literal["gram", "svd"]
 # treated as meeting it. Round-off in sum(s_i^2) is ~ k * 1e-16 and the Gram eigenvalues carry ~ n * 1e-16 of
 # s_1^2, so 1e-10 absorbs both with a wide margin while being far below any eps a study would use.
 ENERGY_RTOL = 1e-10
+
+# Unit round-off u (half the gap between 1 and the next representable number) of each precision a model can be run
+# in: a stored activation x is x_true * (1 + delta) with |delta| <= u. float64 is the default: the analysis's own.
+UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16": 2.0**-8}
 
 
 def as_matrix(matrix: np.ndarray, name: str = "matrix") -> np.ndarray:
@@ -82,19 +88,63 @@ def energy_rank(singular_values: np.ndarray, eps: float) -> int:
     return int(np.argmax(meets))
 
 
-def numerical_rank(singular_values: np.ndarray, shape: tuple[int, int]) -> int:
-    """Count of modes with s_i^2 > max(n, d) * machine-eps * s_1^2 (the Gram route's noise floor)."""
-    values = np.asarray(singular_values, dtype=np.float64)
+def unit_roundoff(dtype: str) -> float:
+    """u of `dtype` (the precision the activations were computed in), naming the accepted ones otherwise."""
+    if dtype not in UNIT_ROUNDOFF:
+        raise ValueError(f"dtype {dtype!r}: not a precision activations are computed in (use one of {sorted(UNIT_ROUNDOFF)})")
+    return UNIT_ROUNDOFF[dtype]
+
+
+def coarsest_dtype(dtypes: Iterable[str]) -> str:
+    """The least precise of `dtypes`: a difference of cells is only as exact as its coarsest operand."""
+    dtypes = list(dtypes)
+    if not dtypes:
+        raise ValueError("coarsest_dtype: no dtypes given")
+    return max(dtypes, key=unit_roundoff)
+
+
+def numerical_tolerance(
+    singular_values: np.ndarray, shape: tuple[int, int], dtype: str = "float64", operand_norm: float | None = None,
+) -> float:
+    """Largest singular value that round-off alone can explain: the larger of two floors.
+
+    - the Gram route's own: sqrt(max(n, d) * eps_float64) * s_1 (eigenvalues of M M^T carry ~ that error);
+    - the data's precision: u_dtype * operand_norm, where operand_norm is the sum of the Frobenius norms of the
+      stored matrices M is a difference of (default ||M||_F: M itself was rounded). Rounding every stored entry to
+      relative precision u perturbs M by E with ||E||_2 <= ||E||_F <= u * sum_k ||X_k||_F, so no singular value
+      of round-off exceeds it; a difference of large activations carries their round-off, not its own.
+    For float64 data the Gram floor dominates unless M is ~1e8 times smaller than its operands (a centered matrix
+    that is round-off of its uncentered one), so the default keeps the float64 count.
+    """
+    return float(np.sqrt(_tolerance_sq(np.asarray(singular_values, dtype=np.float64), shape, dtype, operand_norm)))
+
+
+def _tolerance_sq(values: np.ndarray, shape: tuple[int, int], dtype: str, operand_norm: float | None) -> float:
+    """numerical_tolerance squared, compared with s_i^2 directly (so float64 counts are exactly as before)."""
+    precision = unit_roundoff(dtype)
     if values.size == 0 or values.max() == 0.0:
+        return 0.0
+    gram_floor_sq = max(shape) * np.finfo(np.float64).eps * float(values.max()) ** 2
+    norm_sq = float(np.sum(np.square(values))) if operand_norm is None else float(operand_norm) ** 2
+    return max(gram_floor_sq, precision**2 * norm_sq)
+
+
+def numerical_rank(
+    singular_values: np.ndarray, shape: tuple[int, int], dtype: str = "float64", operand_norm: float | None = None,
+) -> int:
+    """Count of modes above `numerical_tolerance` (the round-off floor of the Gram route and of the data's dtype)."""
+    values = np.asarray(singular_values, dtype=np.float64)
+    tolerance_sq = _tolerance_sq(values, shape, dtype, operand_norm)
+    if tolerance_sq == 0.0:
         return 0
-    floor = max(shape) * np.finfo(np.float64).eps * float(values.max()) ** 2
-    return int(np.count_nonzero(np.square(values) > floor))
+    return int(np.count_nonzero(np.square(values) > tolerance_sq))
 
 
-def _retained(singular_values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+def _retained(singular_values: np.ndarray, shape: tuple[int, int], dtype: str = "float64",
+              operand_norm: float | None = None) -> np.ndarray:
     """The numerically non-zero singular values (descending); all entropy-type ranks use exactly these."""
     values = np.sort(np.asarray(singular_values, dtype=np.float64))[::-1]
-    return values[: numerical_rank(values, shape)]
+    return values[: numerical_rank(values, shape, dtype, operand_norm)]
 
 
 def stable_rank(singular_values: np.ndarray) -> float:
@@ -131,6 +181,22 @@ def gavish_donoho_threshold(singular_values: np.ndarray, shape: tuple[int, int])
     beta = min(shape) / max(shape)
     omega = 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
     return float(omega * np.median(values))
+
+
+def gavish_donoho_count(
+    singular_values: np.ndarray, shape: tuple[int, int], dtype: str = "float64", operand_norm: float | None = None,
+) -> int:
+    """Modes above the Gavish-Donoho threshold and above the round-off floor (`numerical_tolerance`).
+
+    The threshold estimates white noise from the median singular value; round-off is not white (its largest
+    modes sit a few times above its median), so without the floor an exactly rank-r matrix stored in float32
+    counts its largest round-off mode as signal.
+    """
+    values = np.asarray(singular_values, dtype=np.float64)
+    if values.size == 0 or values.max() == 0.0:
+        return 0
+    threshold = max(gavish_donoho_threshold(values, shape), numerical_tolerance(values, shape, dtype, operand_norm))
+    return int(np.count_nonzero(values > threshold))
 
 
 @functools.lru_cache(maxsize=256)
@@ -175,6 +241,7 @@ class SpectrumSummary:
     n: int
     d: int
     centered: bool
+    dtype: str
     singular_values: np.ndarray
     eps: tuple[float, ...]
     rank_eps: tuple[int, ...]
@@ -182,6 +249,7 @@ class SpectrumSummary:
     rho_min: tuple[float, ...]
     mean_energy_fraction: float
     frobenius_sq: float
+    numerical_tolerance: float
     numerical_rank: int
     stable_rank: float
     participation_ratio: float
@@ -215,15 +283,22 @@ def spectrum_summary(
     null_seed: int = 0,
     null_draws: int = 1,
     method: Method = "gram",
+    dtype: str = "float64",
+    operand_norm: float | None = None,
 ) -> SpectrumSummary:
     """All rank measures of `matrix` (after removing its column mean when `centered`).
+
+    `dtype` is the precision the activations behind `matrix` were computed in and `operand_norm` the sum of the
+    Frobenius norms of the stored matrices it is a difference of (default: its own, uncentered); together they set
+    the round-off floor below which no mode counts (`numerical_tolerance`; centering cannot enlarge round-off, so
+    one floor serves both summaries). Both are recorded in the summary.
 
     The mean-energy fraction n * ||mean row||^2 / ||M||_F^2 always refers to the uncentered matrix, so the two
     summaries of one matrix report the same value. The entropy-type ranks use only the numerically non-zero
     modes, which makes 1 <= stable <= participation <= energy-entropy <= Roy-Vetterli <= numerical rank exact.
     Noise-calibrated counts: modes above the top singular value of a Gaussian null of the same shape scaled to
     the same Frobenius norm (conservative: the null then carries the signal's energy too), and modes above the
-    Gavish-Donoho threshold.
+    Gavish-Donoho threshold, both only above the round-off floor.
     """
     raw = as_matrix(matrix)
     n, d = raw.shape
@@ -232,7 +307,9 @@ def spectrum_summary(
     mean_fraction = float(n * np.sum(np.square(mean_row)) / frobenius_raw) if frobenius_raw > 0 else 0.0
     work = raw - mean_row if centered else raw
     values = singular_values(work, method=method)
-    retained = _retained(values, (n, d))
+    operand_norm = float(np.sqrt(frobenius_raw)) if operand_norm is None else float(operand_norm)
+    tolerance = numerical_tolerance(values, (n, d), dtype, operand_norm)
+    retained = _retained(values, (n, d), dtype, operand_norm)
     frobenius = float(np.sum(np.square(values)))
     ranks = tuple(energy_rank(values, eps) for eps in eps_list)
     null_top = null_top_ratio(n, d, null_seed, null_draws) * np.sqrt(frobenius)
@@ -241,6 +318,7 @@ def spectrum_summary(
         n=n,
         d=d,
         centered=centered,
+        dtype=dtype,
         singular_values=values,
         eps=tuple(float(e) for e in eps_list),
         rank_eps=ranks,
@@ -248,6 +326,7 @@ def spectrum_summary(
         rho_min=tuple(rank / min(n, d) for rank in ranks),
         mean_energy_fraction=mean_fraction,
         frobenius_sq=frobenius,
+        numerical_tolerance=tolerance,
         numerical_rank=int(retained.size),
         stable_rank=stable_rank(retained),
         participation_ratio=participation_ratio(retained),
@@ -256,6 +335,6 @@ def spectrum_summary(
         null_top_singular_value=float(null_top),
         noise_count_null=int(np.count_nonzero(values > null_top)) if frobenius > 0 else 0,
         gavish_donoho_threshold=gd_threshold,
-        noise_count_gavish_donoho=int(np.count_nonzero(values > gd_threshold)) if frobenius > 0 else 0,
+        noise_count_gavish_donoho=gavish_donoho_count(values, (n, d), dtype, operand_norm) if frobenius > 0 else 0,
         explained_energy=explained_energy(values),
     )

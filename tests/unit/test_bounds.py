@@ -146,3 +146,23 @@ def test_budget_is_close_to_tight_for_the_tail_direction():
     shrink = np.diag([0.0, 1.0])
     assert spectra.energy_rank(spectra.singular_values(s - result["residual_budget_exact"] * shrink, "svd"), 0.01) == 2
     assert spectra.energy_rank(spectra.singular_values(s - (breaking + 1e-6) * shrink, "svd"), 0.01) == 1
+
+
+def test_tail_budget_stays_below_the_uniform_residual_sqrt_2eps():
+    """beta < sqrt(eps) for eps' > 0 and gamma <= 2, so beta sqrt(gamma) < sqrt(2 eps): the route cannot close."""
+    rng = np.random.default_rng(21)
+    for trial in range(200):
+        n, d = rng.integers(2, 12), rng.integers(2, 20)
+        honest = rng.standard_normal((n, d))
+        unsafe = -rng.uniform(0.5, 2.0) * honest if trial % 2 else rng.standard_normal((n, d))
+        eps = float(rng.choice([0.01, 0.05, 0.1, 0.2]))
+        result = bounds.spectral_gap(honest, unsafe, eps, eps_strict=float(rng.uniform(1e-6, 0.99)) * eps)
+        assert result["uniform_residual_relative"] == pytest.approx(math.sqrt(2 * eps))
+        assert result["residual_budget_relative"] < result["uniform_residual_relative"]
+        assert not result["tail_closes_uniform"]
+    # the bound is sharp: eps' = 0 and M_u = -M_h (gamma = 2) reach it exactly
+    honest = rng.standard_normal((4, 6))
+    edge = bounds.spectral_gap(honest, -honest, 0.05, eps_strict=0.0)
+    assert edge["gamma"] == pytest.approx(2.0)
+    assert edge["residual_budget_relative"] == pytest.approx(math.sqrt(0.1))
+    assert bounds.tail_energy_budget_factor(0.05, 0.0) == pytest.approx(math.sqrt(0.05))

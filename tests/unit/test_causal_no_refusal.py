@@ -12,7 +12,8 @@ import pytest
 from rankaudit.stages.no_refusal import NO_REFUSAL, baseline_refusal, no_refusal_note, require_abliterated_model
 
 WORDS = ["bread", "poem", "sea", "lock", "bicycle", "language", "France", "novel", "chemical", "morning"]
-TABLES = ("causal_selection", "causal_arditi", "causal_k3_narrow", "causal_per_direction", "causal_k_sweep", "causal_ordering")
+TABLES = ("causal_selection", "causal_arditi", "causal_k3_narrow", "causal_per_direction", "causal_k_sweep", "causal_ordering",
+          "causal_canonical_cosines", "causal_canonical_cosines_mean")
 
 
 def _prompt_table(path, kind, splits=("train", "val", "test")):
@@ -28,7 +29,8 @@ def _section(threshold=0.25):
         # a phrase no continuation of the tiny random model contains: the judge never sees a refusal
         "judge": {"type": "keyword", "phrases": ["\x00never-refuses\x00"]},
         "generation": {"max_new_tokens": 4},
-        "selection": {"split": "val", "n": None, "max_layer_fraction": 0.8, "max_kl": 0.1, "min_induce": 0.0},
+        "selection": {"split": "val", "n": None, "filter_by_refusal_score": False, "min_prompts_after_filter": 2,
+                      "max_layer_fraction": 0.8, "max_kl": 0.1, "min_induce": 0.0},
         "evaluation": {"split": "test", "n": None, "control_generation": True, "random_generation": True},
         "bands": {"narrow": {"range": [0.45, 0.70], "count": 5}},
         "k_grid": [1, 3], "n_single": 2, "random_draws": 10, "abliteration_tolerance": 1e-4,
@@ -94,11 +96,16 @@ def test_a_model_that_never_refuses_reports_no_refusal_through_every_causal_job(
     with pytest.raises(ValueError, match=r"no abliterated model was made \(no refusal to ablate.*families.tiny.references"):
         require_abliterated_model(str(tmp_path / "abliterated"))
 
-    outputs = {name: str(tmp_path / "tables" / name) for name in TABLES}
+    outputs = {name: str(tmp_path / "tables" / name) for name in (*TABLES, "causal_layer_convention")}
+    # no direction was selected: neither the selection's nor the spectra's direction files are read
     causal_report.write_causal_tables(sweeps=[str(tmp_path / "sweep_did.parquet")], prompt_files=[str(tmp_path / "sweep_did_prompts.parquet")],
                                       arditi=[str(tmp_path / "arditi.parquet")], selections=[str(record_path)], outputs=outputs,
                                       settings={"effect_metric": "score", "bootstrap": 100, "monotone_tolerance": 0.05,
-                                                "inert_tolerance": 0.1, "headline_band": "narrow", "headline_k": 3, "seed": 0})
+                                                "inert_tolerance": 0.1, "headline_band": "narrow", "headline_k": 3, "seed": 0},
+                                      selected_directions={"tiny": str(direction_path)},
+                                      layer_directions={"tiny": {0: str(tmp_path / "absent.safetensors")}}, bands=section["bands"])
+    convention = pd.read_parquet(tmp_path / "tables" / "causal_layer_convention.parquet")
+    assert list(convention["family"]) == ["tiny"] and convention["n_blocks"].iloc[0] == record["n_blocks"]
     for name in TABLES:
         table = pd.read_parquet(tmp_path / "tables" / f"{name}.parquet")
         assert list(table["family"]) == ["tiny"], name

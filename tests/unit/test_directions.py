@@ -72,3 +72,27 @@ def test_direction_summary_agrees_with_single_functions():
     assert summary["cos_top_mean"] == pytest.approx(directions.cos_top_mean(matrix), abs=1e-12)
     assert summary["capture"] == pytest.approx(directions.capture_fractions(matrix, r, [1, 5]), abs=1e-12)
     assert summary["capture"][1] == pytest.approx(summary["cos_top_direction"], abs=1e-12)
+    assert summary["status"] == "ok" and summary["zero_vectors"] == []
+    again = directions.direction_summary(matrix, r, [1, 5], basis=directions.top_directions(matrix, 5))
+    assert again == summary
+
+
+def test_direction_summary_reports_undefined_cosines_as_none():
+    """A zero vector has no direction: the cosine is None (JSON null), never 0 or NaN; round-off counts as zero."""
+    rng = np.random.default_rng(8)
+    matrix = rng.standard_normal((12, 20))
+    round_off_r = np.full(20, 1e-15)
+    summary = directions.direction_summary(matrix, round_off_r, [1, 3], zero_tolerance=1e-12)
+    assert summary["cos_top_direction"] is None and summary["capture"] == {1: None, 3: None}
+    assert summary["cos_top_mean"] == pytest.approx(directions.cos_top_mean(matrix), abs=1e-12)
+    assert summary["status"] == "undefined" and summary["zero_vectors"] == ["refusal_direction"]
+    assert directions.direction_summary(matrix, round_off_r, [1])["status"] == "ok"  # exact test: 1e-15 is a direction
+
+    centered = matrix - matrix.mean(axis=0)  # mean row zero up to round-off
+    summary = directions.direction_summary(centered, rng.standard_normal(20), [1], zero_tolerance=1e-12)
+    assert summary["cos_top_mean"] is None and summary["cos_top_direction"] is not None
+    assert summary["zero_vectors"] == ["mean_row"]
+
+    summary = directions.direction_summary(np.zeros((12, 20)), rng.standard_normal(20), [1, 3])
+    assert summary == {"cos_top_direction": None, "cos_top_mean": None, "capture": {1: None, 3: None},
+                       "zero_vectors": ["matrix", "mean_row"], "status": "undefined"}

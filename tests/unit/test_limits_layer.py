@@ -1,6 +1,7 @@
 """Per-layer limits records on matrices with a known spectrum: LRH ratio, resampling, sweeps, kappa, gamma, bound."""
 
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -52,6 +53,41 @@ def test_subsampling_distribution_contains_the_planted_rank():
     assert at_005["noise_rho"] == spectra.noise_rho(100, 400, 0.05, 1, 0)
     assert at_005["rho_over_noise"] == pytest.approx(at_005["rho_full"] / at_005["noise_rho"])
     assert {r["eps"] for r in records} == {0.05, 0.2}
+    # a planted rank is the same in every subset: the corrected interval is the rank itself
+    assert (at_005["pred_low"], at_005["pred_high"], at_005["rank_se"]) == (5, 5, 0.0)
+    assert (at_005["raw_low"], at_005["raw_high"], at_005["interval_level"]) == (5.0, 5.0, 0.9)
+
+
+def test_corrected_interval_is_centred_on_the_full_rank_and_wider_than_the_raw_range():
+    """Noise-like rows: the subsets sit at the rank of 0.8 n prompts, below the full rank; the interval does not."""
+    rng = np.random.default_rng(12)
+    matrix = rng.standard_normal((60, 200)) * np.arange(1, 201) ** -0.5
+    (record,) = limits.resampling_records(matrix, [0.05], centered=False, fraction=0.8, draws=50, seed=0, noise_draws=1,
+                                          level=0.9)
+    assert record["raw_high"] < record["rank_full"]  # the raw range misses the full-sample rank altogether
+    assert record["pred_low"] <= record["rank_full"] <= record["pred_high"]
+    assert record["pred_high"] - record["rank_full"] == record["rank_full"] - record["pred_low"]
+    assert record["pred_high"] - record["pred_low"] > record["raw_high"] - record["raw_low"]
+    se = record["sub_rank_std"] * math.sqrt(48 / 12)
+    assert record["rank_se"] == pytest.approx(se)
+    assert record["pred_half_width"] == pytest.approx(1.6448536 * math.sqrt(2) * se, rel=1e-6)
+
+
+def test_shift_status_layer_zero_zero_and_rank_one_shifts():
+    rng = np.random.default_rng(13)
+    shift = rng.standard_normal((20, 30))
+    assert limits.shift_status(shift, 0) == "embedding output"
+    assert limits.shift_status(shift, 4) == "ok"
+    assert limits.shift_status(np.zeros((20, 30)), 4) == "zero"
+    assert limits.shift_status(np.full((20, 30), 1e-12), 4, zero_tolerance=1e-10) == "zero"
+    repeated = np.tile(rng.standard_normal(30), (20, 1))  # the same shift for every prompt
+    assert limits.shift_status(repeated, 4) == "rank_at_most_1"
+    scaled = np.outer(rng.standard_normal(20), rng.standard_normal(30))  # rank 1 uncentered and centered
+    assert limits.shift_status(scaled, 4) == "rank_at_most_1"
+    records = limits.layer_limit_records(repeated, {}, {}, limits.LimitsSettings(eps=(0.05,), split_half_k=(1,)),
+                                         where="t", layer=4)
+    assert all(row["layer"] == 4 and row["layer_status"] == "rank_at_most_1" and not row["counted"]
+               for rows in records.values() for row in rows)
 
 
 def test_pure_noise_rho_lands_at_the_predicted_ceiling():
@@ -212,6 +248,7 @@ def test_analyse_limits_layer_writes_every_record_kind(tmp_path):
     assert (frames["resampling"]["family"] == "fam").all() and (frames["resampling"]["layer"] == 3).all()
     planted = frames["resampling"][(~frames["resampling"]["centered"]) & (frames["resampling"]["eps"] == 0.05)]
     assert planted["rank_full"].item() == 3
+    assert set(frames["resampling"]["layer_status"]) == {"ok"} and frames["resampling"]["counted"].all()
     assert frames["spectral_gap"]["bound_holds"].all() and set(frames["spectral_gap"]["reference"]) == {"u"}
 
 
@@ -222,3 +259,15 @@ def test_analyse_limits_layer_refuses_cells_from_different_prompts(tmp_path):
         limits.analyse_limits_layer(family="fam", layer=0, cells=cells, models={"base": "B", "aligned": "A"},
                                     concept_prompts=prompts, output=str(tmp_path / "x.json"), read_position="last",
                                     settings={}, version=1)
+
+
+def test_analyse_limits_layer_marks_a_layer_where_aligned_equals_base_as_zero(tmp_path):
+    rng = np.random.default_rng(10)
+    cells, prompts = _layer_files(tmp_path, rng)
+    shutil.copyfile(cells["safety"]["base"], cells["safety"]["aligned"])
+    output = tmp_path / "layer_5.json"
+    limits.analyse_limits_layer(family="fam", layer=5, cells=cells, models={"base": "B", "aligned": "A"},
+                                concept_prompts=prompts, output=str(output), read_position="last",
+                                settings={"eps": [0.05], "headline_eps": 0.05, "split_half_k": [1]}, version=1)
+    frames = limits.load_records([str(output)])
+    assert all(set(frame["layer_status"]) == {"zero"} and not frame["counted"].any() for frame in frames.values())

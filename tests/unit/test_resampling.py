@@ -62,7 +62,7 @@ def test_subsampling_distribution_contains_true_rank():
 
 def test_split_half_angles_small_for_planted_subspace():
     rng = np.random.default_rng(3)
-    matrix, right = _planted(rng, 100, 80, np.array([50.0, 40.0, 30.0]), 0.01)
+    matrix, _ = _planted(rng, 100, 80, np.array([50.0, 40.0, 30.0]), 0.01)
     angles = resampling.split_half_angles(matrix, 3, draws=4, seed=0)
     assert angles.shape == (4, 3) and np.all(angles < 1e-2)
     noise = rng.standard_normal((100, 80))

@@ -192,7 +192,7 @@ def copy_run(source: Path, destination: Path) -> Path:
 
 def copy_workflow(destination: Path) -> Path:
     """A copy of the workflow code (Snakefile, rules, scripts, schemas, captions) for tests that edit it."""
-    for name in ("Snakefile", "rules", "workflow_scripts", "config/schema", "report", "profiles/default"):
+    for name in ("Snakefile", "rules", "workflow_scripts", "config/schema", "report", "reference", "profiles/default"):
         source = SNAKEFILE.parent / name
         if source.is_dir():
             shutil.copytree(source, destination / name)

@@ -54,12 +54,20 @@ def capture_model(
     system_prompt: str,
     version: int,
     threads: int = 2,
+    first_prompts: int | None = None,
+    compute_dtype: str | None = None,
 ) -> None:
     """Capture every (format, dataset key) cell of one model at `layers` (with `threads` CPU threads for torch).
 
     `model` / `template` hold location, revision, trust_remote_code, dtype, device and n_layers;
     `output_pattern` has {fmt}, {key} and {layer} fields; `prompt_files[key]` is a selected-prompts parquet.
+    The precision-floor capture (docs/METHODS.md, "Precision floor") sets `first_prompts` (only the first m
+    prompts of each cell) and `compute_dtype`: the model is loaded in its own dtype, exactly as the run loads it,
+    then cast to `compute_dtype`, so the same weights are run in the other precision.
     """
+    if first_prompts is not None and first_prompts < 1:
+        raise ValueError(f"model {model_name!r}: first_prompts must be >= 1, got {first_prompts} "
+                         "(capture.precision_floor_prompts = 0 means no floor capture at all)")
     require_abliterated_model(model["location"])
     model_config = load_config(model["location"], **_loader_args(model))
     template_config = load_config(template["location"], **_loader_args(template))
@@ -74,6 +82,13 @@ def capture_model(
         require_chat_template(chat_tokenizer, template_name)
 
     frames = {key: read_prompt_set(prompt_files[key]) for key in dict.fromkeys(key for _, key in cells)}
+    dataset_hashes = {key: instructions_sha256(frame) for key, frame in frames.items()}
+    if first_prompts is not None:
+        short = {key: len(frame) for key, frame in frames.items() if len(frame) < first_prompts}
+        if short:
+            raise ValueError(f"model {model_name!r}: capture.precision_floor_prompts = {first_prompts} exceeds the prompts "
+                             f"of {short}; lower it (or 0 to skip the floor)")
+        frames = {key: frame.iloc[:first_prompts].reset_index(drop=True) for key, frame in frames.items()}
     encoded: dict[tuple[str, str], EncodedPrompts] = {}
     for fmt, key in cells:
         tokenizer = chat_tokenizer if fmt == "chat" else own_tokenizer
@@ -84,6 +99,16 @@ def capture_model(
 
     torch.set_num_threads(max(1, threads))
     network = load_model_from_spec(model)
+    run_dtype = model["dtype"]
+    # what a floor capture adds to the metadata; an ordinary capture's files and record stay as they were
+    floor: dict[str, Any] = {}
+    if first_prompts is not None or compute_dtype is not None:
+        floor = {"weights_dtype": model["dtype"], "first_prompts": first_prompts}
+    if compute_dtype is not None and compute_dtype != run_dtype:
+        network = network.to(getattr(torch, compute_dtype))
+        run_dtype = compute_dtype
+    if floor:
+        floor["dtype"] = run_dtype
     chat_ids = [ids for (fmt, _), prompts in encoded.items() if fmt == "chat" for ids in prompts.token_ids]
     flagged = untrained_special_tokens(network, chat_tokenizer, special_tokens_in(chat_tokenizer, chat_ids), name=model_name) if chat_ids else []
 
@@ -91,7 +116,7 @@ def capture_model(
     stats = CaptureStats()
     record: dict[str, Any] = {"model": model_name, "source": model["location"], "revision": model.get("revision"),
                               "template_model": template_name, "layers": list(layers), "versions": versions,
-                              "untrained_special_tokens": flagged, "stage_version": version, "cells": []}
+                              "untrained_special_tokens": flagged, "stage_version": version, "cells": [], **floor}
     for fmt, key in cells:
         prompts = encoded[(fmt, key)]
         before = stats.n_forward_rows
@@ -100,13 +125,13 @@ def capture_model(
             post_instruction_len=prompts.post_instruction_len,
             pad_token_id=_pad_id(chat_tokenizer if fmt == "chat" else own_tokenizer), stats=stats,
         )
-        dataset_hash = instructions_sha256(frames[key])
+        dataset_hash = dataset_hashes[key]
         for layer in layers:
             io.write_tensors(
                 output_pattern.format(fmt=fmt, key=key, layer=layer),
                 activations[layer],
                 {"model": model_name, "source": model["location"], "revision": model.get("revision"),
-                 "dtype": model["dtype"], "format": fmt, "dataset": key, "dataset_sha256": dataset_hash,
+                 "dtype": run_dtype, **floor, "format": fmt, "dataset": key, "dataset_sha256": dataset_hash,
                  "n_prompts": len(prompts.records), "layer": layer,
                  "layer_convention": "0 = embedding output (input of block 0); l >= 1 = output of decoder block l-1",
                  "read_positions": sorted(activations[layer]), "encoding": prompts.metadata(), "versions": versions,

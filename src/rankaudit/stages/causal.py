@@ -24,9 +24,10 @@ from rankaudit.batched_ablation import RowIntervention, row_interventions
 from rankaudit.interventions import direction_ablation, orthogonalize_weights, unit
 from rankaudit.prompts.tables import read_prompt_set, select_prompts
 from rankaudit.refusal import (ConditionOutcome, GenerationSettings, PromptSet, RefusalTokens, build_judge, check_refusal_tokens,
-                               first_token_record, last_position_log_probs, pad_id_of, rate_summary, refusal_tokens,
-                               run_conditions, run_prompts)
-from rankaudit.selection import SelectionRules, candidate_directions, score_candidates, select
+                               first_token_record, last_position_log_probs, pad_id_of, rate_summary, refusal_log_odds,
+                               refusal_tokens, run_conditions, run_prompts)
+from rankaudit.selection import (SelectionRules, candidate_directions, filter_counts, refusal_score_mask,
+                                 require_filtered_prompts, score_candidates, select)
 from rankaudit.stages.no_refusal import (CANDIDATE_COLUMNS, NO_SHIFT, SELECTED, baseline_refusal, no_refusal_note,
                                          no_refusal_record, no_shift_note, read_record, write_no_abliterated,
                                          write_no_refusal_arditi, write_no_refusal_selection, write_no_refusal_sweep,
@@ -95,18 +96,23 @@ def phase_prompts(path: str, phase: str, role: str, section: Mapping[str, Any]) 
 
 def run_selection(*, family: str, model: Mapping[str, Any], activations: Mapping[int, Mapping[str, str]],
                   harmful_path: str, harmless_path: str, section: Mapping[str, Any], system_prompt: str,
-                  record_path: str, direction_path: str, table_stem: str, version: int, threads: int = 2) -> None:
+                  record_path: str, direction_path: str, table_stem: str, version: int, threads: int = 2,
+                  harmful_train_path: str | None = None, harmless_train_path: str | None = None) -> None:
     """Score every (position, layer) candidate on validation prompts and select Arditi's direction.
 
     `activations[layer]` = {"harmful": path, "harmless": path} of the aligned model's chat-format training
-    activations (with post-instruction positions). First the aligned model's refusal rate on the harmful
-    validation prompts is measured: below `causal.min_baseline_refusal` the job records "no refusal to ablate"
-    (`rankaudit.stages.no_refusal`) and selects nothing.
+    activations (with post-instruction positions), one row per prompt of `harmful_train_path` /
+    `harmless_train_path` (the captured prompt samples), in their order. First the aligned model's refusal rate on
+    the harmful validation prompts is measured: below `causal.min_baseline_refusal` the job records "no refusal to
+    ablate" (`rankaudit.stages.no_refusal`) and selects nothing. Then, with `causal.selection.filter_by_refusal_score`,
+    Arditi's prompt filter drops harmful prompts the model does not refuse and harmless ones it does, in the
+    training split (activation rows) and the scoring split, before any candidate is built or scored.
     """
     started = time.perf_counter()
     sel = section["selection"]
     frames = {"safety": phase_prompts(harmful_path, "selection", "safety", section),
               "control": phase_prompts(harmless_path, "selection", "control", section)}
+    training = _training_frames(harmful_train_path, harmless_train_path) if sel["filter_by_refusal_score"] else None
     validation = {"split": sel["split"], "harmful_dataset": frames["safety"].attrs.get("dataset"),
                   "harmless_dataset": frames["control"].attrs.get("dataset"),
                   "n_harmful": len(frames["safety"]), "n_harmless": len(frames["control"])}
@@ -132,32 +138,44 @@ def run_selection(*, family: str, model: Mapping[str, Any], activations: Mapping
                 refusal["refusal_count"], refusal["n"], sel["split"], refusal["refusal_rate"],
                 token_check["refusal_tokens"]["pieces"], token_check["coverage_of_refusals"])
 
-    loaded = {layer: {kind: io.read_tensors(path)[0] for kind, path in paths.items()} for layer, paths in activations.items()}
+    masks, prompt_filter = _prompt_filter(network, tokenizer, training, {"harmful": harmful, "harmless": harmless}, tokens,
+                                          section, system_prompt, family)
+    scored = {role: prompts.token_ids if masks is None else _kept(prompts.token_ids, masks[sel["split"]][role])
+              for role, prompts in (("harmful", harmful), ("harmless", harmless))}
+
+    loaded = {layer: {kind: io.read_tensors(path) for kind, path in paths.items()} for layer, paths in activations.items()}
     for layer, kinds in loaded.items():
-        for kind, tensors in kinds.items():
+        for kind, (tensors, meta) in kinds.items():
             if "post_instruction" not in tensors:
                 raise KeyError(f"{activations[layer][kind]}: no post_instruction activations (chat-format capture needed)")
+            if training is not None:
+                _check_rows(activations[layer][kind], tensors["post_instruction"], meta, training[kind])
     layers = [layer for layer in sorted(loaded) if layer < n_blocks]
-    candidates = candidate_directions({l: loaded[l]["harmful"]["post_instruction"] for l in layers},
-                                      {l: loaded[l]["harmless"]["post_instruction"] for l in layers})
+
+    def rows(kind: str, layer: int) -> np.ndarray:
+        values = loaded[layer][kind][0]["post_instruction"]
+        return values if masks is None else values[masks["train"][kind]]
+
+    candidates = candidate_directions({l: rows("harmful", l) for l in layers}, {l: rows("harmless", l) for l in layers})
 
     def progress(done: int, total: int, record: Mapping[str, Any]) -> None:
         logger.info("candidate %d/%d (pos %d, layer %d): bypass %.3f induce %.3f kl %.4f", done, total,
                     record["position"], record["layer"], record["bypass"], record["induce"], record["kl"])
 
-    baseline, records = score_candidates(network, candidates, harmful.token_ids, harmless.token_ids, tokens.ids,
+    baseline, records = score_candidates(network, candidates, scored["harmful"], scored["harmless"], tokens.ids,
                                          settings.batch_size, pad_id_of(tokenizer), progress)
     rules = SelectionRules(sel["max_layer_fraction"], sel["max_kl"], sel["min_induce"])
     chosen, annotated = select(records, n_blocks, rules, f"family {family}")
     best = candidates[chosen]
     logger.info("%s: selected position %d, layer %d (bypass %.3f, induce %.3f, kl %.4f) of %d candidates scored on %d + %d "
                 "%s prompts (%s, %s); %d survived the filters", family, best.position, best.layer, annotated[chosen]["bypass"],
-                annotated[chosen]["induce"], annotated[chosen]["kl"], len(annotated), validation["n_harmful"],
-                validation["n_harmless"], sel["split"], validation["harmful_dataset"], validation["harmless_dataset"],
+                annotated[chosen]["induce"], annotated[chosen]["kl"], len(annotated), len(scored["harmful"]),
+                len(scored["harmless"]), sel["split"], validation["harmful_dataset"], validation["harmless_dataset"],
                 sum(not r["discarded"] for r in annotated))
     io.write_tensors(direction_path, {"direction": best.direction, "unit": unit(best.direction, family)},
                      _direction_meta(family, layer=best.layer, position=best.position, n_blocks=n_blocks,
                                      definition="mean harmful - mean harmless A(chat) at (position, layer), training split",
+                                     prompt_filter=prompt_filter["enabled"],
                                      stage_version=version))
     table = pd.DataFrame(annotated).assign(family=family, split=sel["split"])
     io.write_table(table[CANDIDATE_COLUMNS], table_stem,
@@ -166,10 +184,69 @@ def run_selection(*, family: str, model: Mapping[str, Any], activations: Mapping
         "family": family, "status": SELECTED, "selected": annotated[chosen], "baseline": baseline, "baseline_refusal": refusal,
         "n_blocks": n_blocks, "layer_limit": rules.layer_limit(n_blocks), "rules": vars(rules), "refusal_check": token_check,
         "n_candidates": len(annotated), "n_surviving": sum(not r["discarded"] for r in annotated), "candidates": annotated,
-        "validation": validation,
+        "validation": validation, "prompt_filter": prompt_filter,
         "example_refusal": outcome.completions[int(np.argmax(outcome.refused))],
         "seconds": round(time.perf_counter() - started, 2), "stage_version": version,
     })
+
+
+FILTER_RULE = "harmful kept when refusal log-odds > 0, harmless kept when < 0 (Arditi et al.'s filter_data)"
+
+
+def _training_frames(harmful_path: str | None, harmless_path: str | None) -> dict[str, pd.DataFrame]:
+    """The captured training prompt samples (one activation row each), read before any model is loaded."""
+    if harmful_path is None or harmless_path is None:
+        raise ValueError("causal.selection.filter_by_refusal_score is on: run_selection needs harmful_train_path and "
+                         "harmless_train_path (the captured prompt samples, results/prompts/selected/{safety,control}.parquet)")
+    return {"harmful": read_prompt_set(harmful_path), "harmless": read_prompt_set(harmless_path)}
+
+
+def _kept(token_ids: Sequence[Sequence[int]], mask: np.ndarray) -> tuple[Sequence[int], ...]:
+    return tuple(ids for ids, keep in zip(token_ids, mask) if keep)
+
+
+def _check_rows(path: str, values: np.ndarray, meta: Mapping[str, Any], frame: pd.DataFrame) -> None:
+    """The activation rows must be the training prompts, in order, for the filter's mask to pick the right rows."""
+    from rankaudit.prompts.tables import instructions_sha256
+
+    if values.shape[0] != len(frame):
+        raise ValueError(f"{path}: {values.shape[0]} activation rows but the prompt sample {frame.attrs.get('dataset')} "
+                         f"has {len(frame)} prompts; re-run the capture")
+    if "dataset_sha256" in meta and meta["dataset_sha256"] != instructions_sha256(frame):
+        raise ValueError(f"{path}: captured from other prompts than the sample {frame.attrs.get('dataset')} "
+                         "(dataset_sha256 differs); re-run the capture")
+
+
+def _prompt_filter(network: Any, tokenizer: Any, training: Mapping[str, pd.DataFrame] | None,
+                   scoring: Mapping[str, PromptSet], tokens: RefusalTokens, section: Mapping[str, Any],
+                   system_prompt: str, family: str) -> tuple[dict[str, dict[str, np.ndarray]] | None, dict[str, Any]]:
+    """({split: {role: keep mask}} or None when off, the record of it) for Arditi's refusal-score prompt filter.
+
+    Scores are the first-position refusal log-odds of the aligned model (one prompt forward each); too few
+    prompts left in any set is an error naming the family, split and set, raised before any candidate is scored.
+    """
+    sel = section["selection"]
+    minimum = int(sel["min_prompts_after_filter"])
+    if training is None:
+        counts = {sel["split"]: {role: {"before": len(p.token_ids), "after": len(p.token_ids)} for role, p in scoring.items()}}
+        return None, {"enabled": False, "rule": "", "min_prompts": minimum, "counts": counts}
+    batch_size, pad = _settings(section).batch_size, pad_id_of(tokenizer)
+    sets = {"train": {role: _prompt_set_of(frame, tokenizer, system_prompt, role).token_ids for role, frame in training.items()},
+            sel["split"]: {role: prompts.token_ids for role, prompts in scoring.items()}}
+    masks, scores = {}, {}
+    for split, by_role in sets.items():
+        masks[split], scores[split] = {}, {}
+        for role, ids in by_role.items():
+            values = refusal_log_odds(last_position_log_probs(network, ids, batch_size, pad), tokens.ids)
+            masks[split][role] = refusal_score_mask(values, harmful=role == "harmful")
+            scores[split][role] = {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
+    counts = filter_counts(masks)
+    logger.info("%s: Arditi's prompt filter kept %s", family, "; ".join(
+        f"{split} {role} {c['after']}/{c['before']}" for split, by_role in counts.items() for role, c in by_role.items()))
+    require_filtered_prompts(counts, minimum, f"family {family}")
+    record = {"enabled": True, "rule": FILTER_RULE, "min_prompts": minimum, "counts": counts, "scores": scores,
+              "training_datasets": {role: frame.attrs.get("dataset") for role, frame in training.items()}}
+    return masks, record
 
 
 def read_selection(record_path: str, direction_path: str) -> tuple[RefusalTokens, np.ndarray, dict[str, Any]]:

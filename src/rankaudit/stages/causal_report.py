@@ -3,8 +3,9 @@
 Tables (one row per observation, all families): the selected Arditi directions; the all-layer ablation of the
 selected direction next to random directions; the paper's narrow-band k = 3 table (baseline / principal /
 random); per-direction ablations; the full k-sweeps with Wilson intervals and the random band; the SVD-vs-causal
-ordering (Spearman with a bootstrap interval) with non-monotone and inert flags. Figures per family: refusal rate
-and refusal score vs k with the random band, per-direction bars, and the selection score maps.
+ordering (Spearman with a bootstrap interval) with non-monotone and inert flags; the cosines of each variant's u_1
+with the selected direction and the layer convention (`rankaudit.stages.causal_directions`). Figures per family:
+refusal rate and refusal score vs k with the random band, per-direction bars, and the selection score maps.
 
 A refusal rate always comes from judged generations. Random-subspace draws run without generations
 (`causal.evaluation.random_generation: false`) have only a first-position refusal score, so their band is then
@@ -13,6 +14,7 @@ given by score alone (`random_score_*`) and the `random_rate_*` columns are abse
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,6 +22,8 @@ import numpy as np
 import pandas as pd
 
 from rankaudit import io
+from rankaudit.stages.causal_directions import (LAYER_CONVENTION, canonical_cosine_means, canonical_cosine_table,
+                                                layer_convention_table)
 from rankaudit.stages.no_refusal import NO_REFUSAL, NOTE_KINDS
 from rankaudit.sweeps import monotonicity, spearman_ordering
 
@@ -123,6 +127,21 @@ def arditi_table(arditi: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def filter_columns(record: Mapping[str, Any]) -> dict[str, Any]:
+    """Arditi's prompt-filter counts of a selection record: `prompt_filter` (on or off) and, per prompt set,
+    `train_<role>_before/after` (captured training rows) and `scored_<role>_before/after` (the `split` scored on)."""
+    prompt_filter = record.get("prompt_filter") or {}
+    counts = prompt_filter.get("counts", {})
+    split = record["validation"]["split"]
+    columns: dict[str, Any] = {"prompt_filter": bool(prompt_filter.get("enabled", False))}
+    for label, key in (("train", "train"), ("scored", split)):
+        for role in ("harmful", "harmless"):
+            count = counts.get(key, {}).get(role, {})
+            columns[f"{label}_{role}_before"] = count.get("before", np.nan)
+            columns[f"{label}_{role}_after"] = count.get("after", np.nan)
+    return columns
+
+
 def selection_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """One row per family: the selected candidate and how many survived the filters, or "no refusal to ablate"
     with the aligned model's refusal rate on the harmful selection prompts (Wilson 95%) that decided it."""
@@ -135,6 +154,7 @@ def selection_table(records: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
                "n_harmful": r["validation"]["n_harmful"], "refusal_tokens": " ".join(r["refusal_check"]["refusal_tokens"]["pieces"].values()),
                "note": r.get("note", "")}
         if r.get("status") != NO_REFUSAL:
+            row.update(filter_columns(r))
             row.update({"layer": r["selected"]["layer"], "position": r["selected"]["position"], "bypass": r["selected"]["bypass"],
                         "induce": r["selected"]["induce"], "kl": r["selected"]["kl"],
                         "baseline_harmful_score": r["baseline"]["harmful_score"], "baseline_harmless_score": r["baseline"]["harmless_score"],
@@ -163,10 +183,15 @@ def _with_notes(table: Any, notes: pd.DataFrame, keys: Sequence[str]) -> pd.Data
 
 
 def write_causal_tables(*, sweeps: Sequence[str], prompt_files: Sequence[str], arditi: Sequence[str], selections: Sequence[str],
-                        outputs: Mapping[str, str], settings: Mapping[str, Any]) -> None:
+                        outputs: Mapping[str, str], settings: Mapping[str, Any], selected_directions: Mapping[str, str] | None = None,
+                        layer_directions: Mapping[str, Mapping[int, str]] | None = None,
+                        bands: Mapping[str, Mapping[str, Any]] | None = None) -> None:
     """Aggregate every family's causal outputs into the tables named in `outputs` (stems).
 
     A family with no refusal to ablate contributes one row with its `note` to every table instead of numbers.
+    The canonical-cosine tables need `selected_directions` ({family: selection direction file}) and
+    `layer_directions` ({family: {layer: spectra direction file}}); the layer-convention table needs `bands`
+    (`causal.bands`).
     """
     import json
 
@@ -184,7 +209,8 @@ def write_causal_tables(*, sweeps: Sequence[str], prompt_files: Sequence[str], a
         return (lambda: function(sweep, *args)) if measured else pd.DataFrame()
 
     tables = {
-        "causal_selection": (selection_table(records), "Selected Arditi direction per family (validation split)"),
+        "causal_selection": (selection_table(records), "Selected Arditi direction per family (validation split; "
+                             f"{LAYER_CONVENTION}; prompt counts before/after Arditi's refusal-score filter)"),
         "causal_arditi": (_with_notes(arditi_table(ablations) if len(ablations) else pd.DataFrame(), arditi_notes, ["family"]),
                           "All-layer ablation of the selected direction vs random directions (held-out test prompts)"),
         "causal_k3_narrow": (_with_notes(swept(k3_table, settings["headline_band"], settings["headline_k"]), sweep_notes, ["family", "basis"]),
@@ -196,9 +222,35 @@ def write_causal_tables(*, sweeps: Sequence[str], prompt_files: Sequence[str], a
         "causal_ordering": (_with_notes(swept(ordering_table, prompts, settings), sweep_notes, ["family", "basis"]),
                             "SVD order vs causal order (Spearman, bootstrap 95% CI)"),
     }
+
+    @functools.cache
+    def cosines() -> pd.DataFrame:
+        return canonical_cosine_table(records, _given(selected_directions, "selected_directions"),
+                                      _given(layer_directions, "layer_directions"))
+
+    directional = {
+        "causal_canonical_cosines": (cosines, "|cos| of each variant's u_1 with the selected Arditi direction r* and with "
+                                              f"the per-layer difference in means ({LAYER_CONVENTION})"),
+        "causal_canonical_cosines_mean": (lambda: canonical_cosine_means(cosines()),
+                                          "Means over layers of |cos(u_1, r*)| and |cos(u_1, r_l)|; layer 0 (embedding "
+                                          "output) and layers with zero u_1 left out"),
+        "causal_layer_convention": (lambda: layer_convention_table(records, _given(bands, "bands")),
+                                    f"Band layers: ours and the paper's script's for the same L ({LAYER_CONVENTION})"),
+    }
     for name, stem in outputs.items():
+        if name in directional:
+            build, title = directional[name]
+            io.write_table(build(), stem, title=title)
+            continue
         frame, title = tables[name]
         io.write_table(frame, stem, title=title)
+
+
+def _given(value: Any, name: str) -> Any:
+    """An optional input of `write_causal_tables`, required by the table being written."""
+    if value is None:
+        raise ValueError(f"write_causal_tables: this table needs {name}")
+    return value
 
 
 def _save(figure: Any, path: str) -> None:

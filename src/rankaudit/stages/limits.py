@@ -12,8 +12,11 @@ One job per family x layer reads that layer's cells once and writes one JSON of 
 - `spectral_gap`: for every unsafe reference, kappa, the structural bound (checked; a violation fails the job), the
   modal separation gamma and the tail-energy budgets.
 Every matrix is analysed uncentered and centered (column mean removed), except S, which §7 defines uncentered.
-`write_limits_tables` turns the records into the paper's tables and `limits_section` into a markdown section whose
-every statement is computed from those tables against documented thresholds (`ClaimThresholds`).
+Every record carries its layer's `layer_status` (`shift_status`): layer 0 (the embedding output) and layers whose
+M_template (uncentered or centered) is zero or of numerical rank <= 1 stay in the per-layer tables but are left out
+of every mean, median and count. `write_limits_tables` turns the records into the paper's tables and
+`rankaudit.stages.limits_claims.limits_section` into a markdown section whose every statement is computed from those
+tables against documented thresholds (`ClaimThresholds`).
 numpy/pandas/matplotlib only: these jobs never import torch.
 """
 
@@ -31,17 +34,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rankaudit import io, matrices, resampling, spectra
+from rankaudit import degeneracy, io, matrices, resampling, spectra
 from rankaudit.bounds import spectral_gap
 from rankaudit.stages.layer_analysis import read_cell
+from rankaudit.stages.limits_claims import (
+    CENTERINGS,
+    KAPPA_THRESHOLD,
+    ClaimThresholds,
+    limits_section,
+)
 
 log = logging.getLogger(__name__)
 
 RECORD_KINDS = ("lrh", "resampling", "split_half", "sv_gaps", "n_sweep", "spectral_gap")
-CENTERINGS = (False, True)
-KAPPA_THRESHOLD = 8.0
 # kappa <= 2 / (eps r), so kappa > 8 is impossible by arithmetic once eps r >= 1/4 (docs/THEORY.md §7).
 STRUCTURAL_EPS_R = 0.25
+EMBEDDING_OUTPUT = "embedding output"
 
 
 class StructuralBoundError(AssertionError):
@@ -62,6 +70,7 @@ class LimitsSettings:
     n_sweep: tuple[int, ...] = (50, 100, 200)
     tail_eps_fraction: float = 0.25
     noise_draws: int = 3
+    interval_level: float = 0.9
     seed: int = 0
 
     @classmethod
@@ -75,22 +84,25 @@ class LimitsSettings:
         return settings
 
 
-@dataclass(frozen=True)
-class ClaimThresholds:
-    """When a statement of the limits section is made (config `limits.claims`; each documented in the schema)."""
-
-    noise_ceiling_fraction: float = 0.8
-    lrh_specific_ratio: float = 10.0
-    rank_spread_fraction: float = 0.25
-    split_half_angle_deg: float = 30.0
-    n_limited_fraction: float = 0.5
-
-    @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> ClaimThresholds:
-        return cls(**dict(section))
-
-
 # --- per-layer computations (pure functions of matrices) -----------------------------------------------------------
+
+
+def shift_status(shift: np.ndarray, layer: int, zero_tolerance: float = 0.0) -> str:
+    """Whether a layer's M_template is counted in aggregates ("ok"), and if not why.
+
+    Layer 0 is the embedding output: under the chat format the read token is the same template token for every
+    prompt, so M_template there is one row repeated (rank <= 1, centered form zero). Elsewhere the uncentered and
+    centered matrix are classified by `rankaudit.degeneracy.matrix_status` (zero up to `zero_tolerance`, or
+    numerical rank <= 1), as the rho tables do; a layer counts only when both are "ok".
+    """
+    if layer == 0:
+        return EMBEDDING_OUTPUT
+    for label, work in (("", spectra.as_matrix(shift, "M_template")), ("centered ", spectra.center_columns(shift))):
+        rank = spectra.numerical_rank(spectra.singular_values(work), work.shape)
+        status = degeneracy.matrix_status(work, rank, zero_tolerance)
+        if status != degeneracy.OK:
+            return f"{label}{status}"
+    return degeneracy.OK
 
 
 def full_ranks(matrix: np.ndarray, eps_list: Sequence[float], *, centered: bool) -> dict[float, int]:
@@ -160,27 +172,36 @@ def resampling_records(
     draws: int,
     seed: int,
     noise_draws: int,
+    level: float = 0.9,
 ) -> list[dict]:
-    """Full-sample rank per eps beside pure noise of the same shape, and its distribution over row subsamples.
+    """Full-sample rank per eps beside pure noise of the same shape, its subsample distribution and its interval.
 
-    Subsets are drawn without replacement (`resampling.subsample_ranks`); `sub_*` columns summarize them.
-    `contains_full`: the full-sample rank lies within [min, max] of the subsample ranks.
+    Subsets are drawn without replacement (`resampling.subsample_ranks`); `sub_*` columns summarize them and
+    `raw_low`/`raw_high` are their central `level` range, which sits at the rank of m = fraction x n prompts and
+    understates how much n fresh prompts vary. `pred_low`/`pred_high` is the corrected interval for the rank of a
+    repeat study with n fresh prompts (`resampling.rank_prediction_interval`: centred on `rank_full`, delete-d
+    jackknife spread `rank_se` x sqrt(2)); `contains_full`: the full-sample rank lies within the subsample range.
     """
     matrix = spectra.as_matrix(matrix)
     n, d = matrix.shape
     full = full_ranks(matrix, eps_list, centered=centered)
     ranks = resampling.subsample_ranks(matrix, eps_list, fraction=fraction, draws=draws, seed=seed, centered=centered)
+    m = round(fraction * n)
     records = []
-    for summary in resampling.summarize_ranks(ranks, eps_list, d):
+    for column, summary in enumerate(resampling.summarize_ranks(ranks, eps_list, d)):
         eps = summary["eps"]
         rank = full[eps]
         noise = spectra.noise_rho(n, d, eps, noise_draws, seed)
+        raw_low, raw_high = resampling.raw_subset_interval(ranks[:, column], level)
+        interval = resampling.rank_prediction_interval(rank, ranks[:, column], n, m, level, min(n, d))
         records.append({
-            "centered": centered, "eps": eps, "n": n, "d": d, "n_subsample": int(round(fraction * n)),
+            "centered": centered, "eps": eps, "n": n, "d": d, "n_subsample": m,
             "rank_full": rank, "rho_full": rank / d, "rho_min_full": rank / min(n, d), "noise_rho": noise,
             "rho_over_noise": _ratio(rank / d, noise),
             **{f"sub_{key}": value for key, value in summary.items() if key != "eps"},
             "contains_full": bool(summary["rank_min"] <= rank <= summary["rank_max"]),
+            "interval_level": level, "raw_low": raw_low, "raw_high": raw_high, "rank_se": interval["rank_se"],
+            "pred_half_width": interval["half_width"], "pred_low": interval["low"], "pred_high": interval["high"],
         })
     return records
 
@@ -282,17 +303,21 @@ def layer_limit_records(
     settings: LimitsSettings,
     *,
     where: str,
+    layer: int,
+    zero_tolerance: float = 0.0,
 ) -> dict[str, list[dict]]:
-    """Every limits record of one layer.
+    """Every limits record of one layer, each with the layer, its `layer_status` and whether it is `counted`.
 
     `safety` is M_template on D_s; `concepts[(concept, role, fmt)]` a concept-pair difference matrix;
-    `references[name]` the unsafe shift U(chat) - B(chat) of each reference on D_s.
+    `references[name]` the unsafe shift U(chat) - B(chat) of each reference on D_s; `zero_tolerance` the per-entry
+    size below which M_template counts as zero (`shift_status`).
     """
     s = settings
     records: dict[str, list[dict]] = {kind: [] for kind in RECORD_KINDS}
     for centered in CENTERINGS:
         records["resampling"] += resampling_records(
-            safety, s.eps, centered=centered, fraction=s.subsample_fraction, draws=s.draws, seed=s.seed, noise_draws=s.noise_draws)
+            safety, s.eps, centered=centered, fraction=s.subsample_fraction, draws=s.draws, seed=s.seed,
+            noise_draws=s.noise_draws, level=s.interval_level)
         records["split_half"] += split_half_records(safety, s.split_half_k, centered=centered, draws=s.split_half_draws, seed=s.seed)
         records["sv_gaps"] += gap_records(safety, centered=centered, n_top=s.gap_top, fraction=s.subsample_fraction, draws=s.draws, seed=s.seed)
         records["n_sweep"] += n_sweep_records(
@@ -308,6 +333,10 @@ def layer_limit_records(
             for record in spectral_gap_records(safety, unsafe, s.eps, tail_eps_fraction=s.tail_eps_fraction,
                                                where=f"{where}, reference {reference}")
         ]
+    status = shift_status(safety, layer, zero_tolerance)
+    for rows in records.values():
+        for row in rows:
+            row.update(layer=layer, layer_status=status, counted=status == degeneracy.OK)
     return records
 
 
@@ -352,10 +381,11 @@ def analyse_limits_layer(
                 concepts[(concept, role, fmt)] = matrices.concept_pair_matrix(rows[0::2], rows[1::2])
         _check_same_prompts(concept_meta)
         sources["concepts"][concept] = {path: _provenance(path, meta) for path, meta in concept_meta.items()}
-    records = layer_limit_records(matrices.shift_matrix(a_chat, b_chat), concepts, references, limits, where=where)
+    records = layer_limit_records(matrices.shift_matrix(a_chat, b_chat), concepts, references, limits, where=where,
+                                  layer=layer, zero_tolerance=degeneracy.zero_tolerance(degeneracy.activation_scale([a_chat, b_chat])))
     for kind, rows in records.items():
         for row in rows:
-            row.update(family=family, layer=layer)
+            row["family"] = family
             if kind == "lrh":
                 row["model"] = models[row["model_role"]]
     io.write_json(output, {
@@ -377,6 +407,10 @@ def load_records(paths: Sequence[str]) -> dict[str, pd.DataFrame]:
     return {kind: pd.DataFrame(rows[kind]) for kind in RECORD_KINDS}
 
 
+def _layers(values: Sequence[Any]) -> str:
+    return ", ".join(str(int(v)) for v in sorted(values)) or "none"
+
+
 def _sorted(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     return frame.sort_values([key for key in keys if key in frame.columns], kind="stable").reset_index(drop=True)
 
@@ -385,11 +419,32 @@ def _divide(numerator: pd.Series, denominator: pd.Series) -> pd.Series:
     return numerator / denominator.where(denominator > 0)
 
 
+def _counted(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of counted layers (see `shift_status`); aggregates over layers never see the others."""
+    return frame[frame["counted"].astype(bool)] if "counted" in frame.columns else frame
+
+
+def _left_out(frame: pd.DataFrame, families: pd.Series) -> list[str]:
+    """Per family of `families`: the layers left out of the aggregate, grouped by status ("none" if all counted)."""
+    if "counted" not in frame.columns:
+        return ["none"] * len(families)
+    excluded = frame.loc[~frame["counted"].astype(bool), ["family", "layer", "layer_status"]].drop_duplicates()
+    text = {
+        family: "; ".join(f"{_layers(group['layer'])} ({status})" for status, group in rows.groupby("layer_status"))
+        for family, rows in excluded.groupby("family")
+    }
+    return [text.get(family, "none") for family in families]
+
+
+def _with_left_out(table: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    return table.assign(layers_left_out=_left_out(frame, table["family"]))
+
+
 def lrh_baseline_table(lrh: pd.DataFrame, eps: float) -> pd.DataFrame:
-    """Per family x concept x model x format x centering: rho of concept pairs and of safety, mean over layers."""
+    """Per family x concept x model x format x centering: rho of concept pairs and of safety, mean over counted layers."""
     if lrh.empty:
         return lrh
-    rows = lrh[lrh["eps"] == eps]
+    rows = _counted(lrh[lrh["eps"] == eps])
     table = rows.groupby(["family", "concept", "model_role", "model", "format", "centered"], as_index=False).agg(
         layers=("layer", "size"), d=("d", "first"), n_concept=("n_concept", "first"), n_safety=("n_safety", "first"),
         rho_concept=("rho_concept", "mean"), rho_safety=("rho_safety", "mean"),
@@ -399,52 +454,66 @@ def lrh_baseline_table(lrh: pd.DataFrame, eps: float) -> pd.DataFrame:
     )
     table.insert(table.columns.get_loc("rho_safety") + 1, "ratio", _divide(table["rho_concept"], table["rho_safety"]))
     table["ratio_matched"] = _divide(table["rank_concept_matched"], table["rank_safety_matched"])
-    return _sorted(table, ["family", "centered", "concept", "model_role", "format"])
+    return _sorted(_with_left_out(table, lrh), ["family", "centered", "concept", "model_role", "format"])
 
 
 def eps_sensitivity_table(resampled: pd.DataFrame) -> pd.DataFrame:
-    """Per family x centering x eps: full-sample rank and rho (mean over layers) beside pure noise."""
-    table = resampled.groupby(["family", "centered", "eps"], as_index=False).agg(
+    """Per family x centering x eps: full-sample rank and rho (mean over counted layers) beside pure noise."""
+    table = _counted(resampled).groupby(["family", "centered", "eps"], as_index=False).agg(
         layers=("layer", "size"), n=("n", "first"), d=("d", "first"), rank_mean=("rank_full", "mean"),
         rank_min=("rank_full", "min"), rank_max=("rank_full", "max"), rho=("rho_full", "mean"),
         rho_min=("rho_min_full", "mean"), noise_rho=("noise_rho", "first"), subsample_rank_mean=("sub_rank_mean", "mean"),
     )
     table["rho_over_noise"] = _divide(table["rho"], table["noise_rho"])
-    return _sorted(table, ["family", "centered", "eps"])
+    return _sorted(_with_left_out(table, resampled), ["family", "centered", "eps"])
 
 
 def n_sweep_table(sweep: pd.DataFrame) -> pd.DataFrame:
-    """Per family x centering x eps x n: mean over layers of the rank at n prompts, beside pure noise."""
-    table = sweep.groupby(["family", "centered", "eps", "n"], as_index=False).agg(
+    """Per family x centering x eps x n: mean over counted layers of the rank at n prompts, beside pure noise."""
+    table = _counted(sweep).groupby(["family", "centered", "eps", "n"], as_index=False).agg(
         n_requested=("n_requested", "max"), capped=("capped", "any"), draws=("draws", "first"), layers=("layer", "size"),
         d=("d", "first"), rank_mean=("rank_mean", "mean"), rank_std=("rank_std", "mean"), rho=("rho_mean", "mean"),
         noise_rho=("noise_rho", "first"),
     )
     table["rho_over_noise"] = _divide(table["rho"], table["noise_rho"])
-    return _sorted(table, ["family", "centered", "eps", "n"])
+    return _sorted(_with_left_out(table, sweep), ["family", "centered", "eps", "n"])
+
+
+KAPPA_REFERENCE_COLUMNS = [
+    "family", "reference", "eps", "layers", "layers_left_out", "n", "d", "r_median", "layers_s_zero", "eps_r_min",
+    "layers_eps_r_ge_quarter", "kappa_median", "kappa_max", "count_kappa_gt_8", "count_kappa_gt_8_trivial",
+    "layers_kappa_gt_8", "count_kappa_gt_2", "count_kappa_gt_2_trivial", "layers_kappa_gt_2", "certified_rank_max",
+    "kappa_bound_min", "bound_holds_all", "gamma_median", "residual_budget_relative_median",
+    "residual_budget_relative_max", "uniform_residual_relative", "per_mode_budget_ratio_max",
+]
 
 
 def kappa_per_reference_table(pairs: pd.DataFrame, eps: float) -> pd.DataFrame:
-    """Per family x reference at `eps`: how often kappa clears 8 and 2, and why it cannot (eps r >= 1/4)."""
-    columns = ["family", "reference", "eps", "layers", "n", "d", "r_median", "eps_r_min", "layers_eps_r_ge_quarter",
-               "kappa_median", "kappa_max", "count_kappa_gt_8", "layers_kappa_gt_8", "count_kappa_gt_2", "certified_rank_max", "kappa_bound_min", "bound_holds_all",
-               "gamma_median", "residual_budget_relative_median", "per_mode_budget_ratio_max"]
+    """Per family x reference at `eps`, over counted layers: how often kappa clears 8 and 2, what that certifies, and
+    why it cannot (eps r >= 1/4); a certificate of rank <= 1 (r <= 2) is counted apart as `*_trivial`."""
     if pairs.empty:
-        return pd.DataFrame(columns=columns)
-    rows = pairs[pairs["eps"] == eps].assign(
-        gt_2=lambda f: f["kappa"] > 2.0, structural=lambda f: f["eps_r"] >= STRUCTURAL_EPS_R)
+        return pd.DataFrame(columns=KAPPA_REFERENCE_COLUMNS)
+    at_eps = pairs[pairs["eps"] == eps]
+    rows = _counted(at_eps).assign(
+        gt_2=lambda f: f["kappa"] > 2.0, structural=lambda f: f["eps_r"] >= STRUCTURAL_EPS_R, s_zero=lambda f: f["r"] == 0,
+        gt_8_trivial=lambda f: f["kappa_gt_8"] & (f["r"] <= 2), gt_2_trivial=lambda f: (f["kappa"] > 2.0) & (f["r"] <= 2))
     table = rows.groupby(["family", "reference"], as_index=False).agg(
         eps=("eps", "first"), layers=("layer", "size"), n=("n", "first"), d=("d", "first"), r_median=("r", "median"),
-        eps_r_min=("eps_r", "min"), layers_eps_r_ge_quarter=("structural", "sum"), kappa_median=("kappa", "median"),
-        kappa_max=("kappa", "max"), count_kappa_gt_8=("kappa_gt_8", "sum"), count_kappa_gt_2=("gt_2", "sum"),
-        certified_rank_max=("certified_max_rank", "max"),
+        layers_s_zero=("s_zero", "sum"), eps_r_min=("eps_r", "min"), layers_eps_r_ge_quarter=("structural", "sum"),
+        kappa_median=("kappa", "median"), kappa_max=("kappa", "max"), count_kappa_gt_8=("kappa_gt_8", "sum"),
+        count_kappa_gt_8_trivial=("gt_8_trivial", "sum"), count_kappa_gt_2=("gt_2", "sum"),
+        count_kappa_gt_2_trivial=("gt_2_trivial", "sum"), certified_rank_max=("certified_max_rank", "max"),
         kappa_bound_min=("kappa_bound", "min"), bound_holds_all=("bound_holds", "all"), gamma_median=("gamma", "median"),
         residual_budget_relative_median=("residual_budget_relative", "median"),
+        residual_budget_relative_max=("residual_budget_relative", "max"),
+        uniform_residual_relative=("uniform_residual_relative", "first"),
         per_mode_budget_ratio_max=("per_mode_budget_ratio", "max"),
     )
-    above = rows[rows["kappa_gt_8"]].groupby(["family", "reference"])["layer"].agg(_layers)
-    table["layers_kappa_gt_8"] = [above.get((family, reference), "none") for family, reference in zip(table["family"], table["reference"])]
-    return _sorted(table[columns], ["family", "reference"])
+    keys = list(zip(table["family"], table["reference"]))
+    for flag, column in (("kappa_gt_8", "layers_kappa_gt_8"), ("gt_2", "layers_kappa_gt_2")):
+        listed = rows[rows[flag]].groupby(["family", "reference"])["layer"].agg(_layers)
+        table[column] = [listed.get(key, "none") for key in keys]
+    return _sorted(_with_left_out(table, at_eps)[KAPPA_REFERENCE_COLUMNS], ["family", "reference"])
 
 
 def limits_tables(frames: Mapping[str, pd.DataFrame], headline_eps: float) -> dict[str, pd.DataFrame]:
@@ -466,181 +535,20 @@ def limits_tables(frames: Mapping[str, pd.DataFrame], headline_eps: float) -> di
     }
 
 
+LEFT_OUT = "layer 0 (embedding output) and layers where M_template is zero or rank <= 1 left out, see layers_left_out"
+PER_LAYER = "every layer, with its layer_status (only counted layers enter means, medians and counts)"
 TITLES = {
-    "limits_lrh_baseline": "LRH baseline: rho_eps of concept-pair differences vs the safety rho (M_template on D_s), mean over layers",
-    "limits_lrh_per_layer": "LRH baseline per layer and eps",
-    "limits_rank_resampling": "rank_eps of M_template on D_s under subsampling without replacement, per layer",
-    "limits_eps_sensitivity": "eps sensitivity of rank_eps(M_template on D_s), mean over layers, beside pure noise",
-    "limits_n_sweep": "n sweep of rank_eps(M_template on D_s), mean over layers, beside pure noise of the same (n, d, eps)",
-    "limits_split_half": "Split-half principal angles (degrees) between top-k subspaces of M_template on D_s",
-    "limits_sv_gaps": "Singular-value gaps vs resampling spread: is each top direction identifiable?",
-    "limits_kappa_pairs": "Spectral gap per family x reference x layer x eps: kappa, structural bound, gamma, tail budgets",
-    "limits_kappa_per_reference": "kappa per unsafe reference (headline eps): count above 8, median, max",
+    "limits_lrh_baseline": f"LRH baseline: rho_eps of concept-pair differences vs the safety rho (M_template on D_s), mean over counted layers ({LEFT_OUT})",
+    "limits_lrh_per_layer": f"LRH baseline per layer and eps ({PER_LAYER})",
+    "limits_rank_resampling": (f"rank_eps of M_template on D_s per layer: raw subsample range and the corrected interval for a "
+                               f"repeat study's rank ({PER_LAYER})"),
+    "limits_eps_sensitivity": f"eps sensitivity of rank_eps(M_template on D_s), mean over counted layers, beside pure noise ({LEFT_OUT})",
+    "limits_n_sweep": f"n sweep of rank_eps(M_template on D_s), mean over counted layers, beside pure noise of the same (n, d, eps) ({LEFT_OUT})",
+    "limits_split_half": f"Split-half principal angles (degrees) between top-k subspaces of M_template on D_s ({PER_LAYER})",
+    "limits_sv_gaps": f"Singular-value gaps vs resampling spread: is each top direction identifiable? ({PER_LAYER})",
+    "limits_kappa_pairs": f"Spectral gap per family x reference x layer x eps: kappa, structural bound, gamma, tail budgets ({PER_LAYER})",
+    "limits_kappa_per_reference": f"kappa per unsafe reference (headline eps) over counted layers: count above 8 and 2, trivial certificates, median, max ({LEFT_OUT})",
 }
-
-
-# --- the generated limits section ----------------------------------------------------------------------------------
-
-
-def _g(value: float) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
-
-
-def _layers(values: Sequence[Any]) -> str:
-    return ", ".join(str(int(v)) for v in sorted(values)) or "none"
-
-
-def noise_ceiling_claim(row: Mapping[str, Any], thresholds: ClaimThresholds) -> str:
-    """One eps-sensitivity row (family x centering x eps) against the pure-noise rho of the same (n, d, eps)."""
-    label = "centered" if row["centered"] else "uncentered"
-    numbers = (f"{label} rho = {_g(row['rho'])} (mean rank {_g(row['rank_mean'])} of n = {int(row['n'])} prompts, "
-               f"d = {int(row['d'])}) against pure-noise rho {_g(row['noise_rho'])}, ratio {_g(row['rho_over_noise'])}")
-    if row["rho_over_noise"] >= thresholds.noise_ceiling_fraction:
-        return (f"{numbers}: rho is within the noise ceiling at this n, so it reflects how many prompts were used, "
-                "not a low-rank shift.")
-    return f"{numbers}: rho is below the noise ceiling at this n, so the shift is lower-rank than noise of the same shape."
-
-
-def n_sweep_claim(rows: pd.DataFrame, thresholds: ClaimThresholds) -> str:
-    """Does the rank still grow with n (compared with noise's growth over the same n range)?"""
-    rows = rows.sort_values("n")
-    if len(rows) < 2:
-        return f"n sweep: only n = {_layers(rows['n'])} is available, so growth with n cannot be measured."
-    low, high = rows.iloc[0], rows.iloc[-1]
-    noise_low, noise_high = low["noise_rho"] * low["d"], high["noise_rho"] * high["d"]
-    numbers = (f"n sweep: mean rank {_g(low['rank_mean'])} at n = {int(low['n'])} and {_g(high['rank_mean'])} at "
-               f"n = {int(high['n'])} (pure noise: {_g(noise_low)} and {_g(noise_high)})")
-    noise_growth = noise_high / noise_low - 1.0 if noise_low > 0 else math.nan
-    if not noise_growth > 0:
-        return f"{numbers}; noise itself does not grow over this range (n near or above d), so the sweep says nothing."
-    growth = high["rank_mean"] / low["rank_mean"] - 1.0 if low["rank_mean"] > 0 else math.inf
-    share = growth / noise_growth
-    if share >= thresholds.n_limited_fraction:
-        return (f"{numbers}: the rank grows at {_g(share)} of noise's rate, so it is n-limited and rho at this n is a "
-                "lower estimate of what more prompts would show.")
-    return f"{numbers}: the rank grows at only {_g(share)} of noise's rate, so it has levelled off with n."
-
-
-def eps_claim(rows: pd.DataFrame) -> str:
-    """How the headline quantity moves over the eps sweep."""
-    rows = rows.sort_values("eps")
-    parts = ", ".join(f"{_g(r['rank_mean'])} (rho/noise {_g(r['rho_over_noise'])}) at eps = {_g(r['eps'])}" for _, r in rows.iterrows())
-    return f"eps sweep: mean rank {parts}."
-
-
-def resampling_claim(rows: pd.DataFrame, thresholds: ClaimThresholds) -> str:
-    """Per-layer stability of the rank under subsampling without replacement."""
-    spread = rows["sub_rank_q95"] - rows["sub_rank_q05"]
-    stable = spread <= thresholds.rank_spread_fraction * rows["rank_full"]
-    first = rows.iloc[0]
-    numbers = (f"subsampling {int(first['n_subsample'])} of {int(first['n'])} prompts without replacement "
-               f"({int(first['sub_draws'])} draws): the 5-95% range of the rank is at most "
-               f"{_g(thresholds.rank_spread_fraction)} x the full-sample rank at {int(stable.sum())} of {len(rows)} layers; "
-               f"mean subsample rank minus full rank {_g(float((rows['sub_rank_mean'] - rows['rank_full']).mean()))}")
-    if bool(stable.all()):
-        return f"{numbers}: the rank is stable under resampling."
-    return f"{numbers}: the rank is not stable under resampling at layers {_layers(rows.loc[~stable, 'layer'])}."
-
-
-def directions_claim(gaps: pd.DataFrame, halves: pd.DataFrame, thresholds: ClaimThresholds) -> str:
-    """Are single directions identifiable, and are top-k subspaces reproducible across disjoint halves?"""
-    parts = []
-    if not gaps.empty:
-        top = gaps[gaps["index"] == 1]
-        identifiable = gaps.groupby("layer")["identifiable"].sum()
-        parts.append(f"u_1 is identifiable (gap to s_2 above its resampling spread) at {int(top['identifiable'].sum())} of "
-                     f"{len(top)} layers; on average {_g(float(identifiable.mean()))} of the top "
-                     f"{int(gaps.groupby('layer').size().max())} directions per layer are")
-    for k, group in halves.groupby("k"):
-        reproducible = group["largest_angle_mean_deg"] <= thresholds.split_half_angle_deg
-        parts.append(f"split-half top-{int(k)} subspaces: mean largest principal angle {_g(float(group['largest_angle_mean_deg'].mean()))} "
-                     f"degrees, reproducible (<= {_g(thresholds.split_half_angle_deg)} degrees) at {int(reproducible.sum())} "
-                     f"of {len(group)} layers")
-    return "; ".join(parts) + "." if parts else "directions: no gap or split-half records."
-
-
-def lrh_claim(rows: pd.DataFrame, concept: str, thresholds: ClaimThresholds) -> str:
-    """Concept-pair rho against the safety rho (mean over models and formats); classified at matched n."""
-    rho_concept, rho_safety = rows["rho_concept"].mean(), rows["rho_safety"].mean()
-    ratio = rho_concept / rho_safety if rho_safety > 0 else math.nan
-    safety_matched = rows["rank_safety_matched"].mean()
-    matched = rows["rank_concept_matched"].mean() / safety_matched if safety_matched > 0 else math.nan
-    numbers = (f"LRH baseline ({concept}, {len(rows)} model x format cells): concept rho {_g(rho_concept)} vs safety rho "
-               f"{_g(rho_safety)}; the LRH concept rho is {_g(ratio)} times the safety rho (range {_g(rows['ratio'].min())}-"
-               f"{_g(rows['ratio'].max())}), {_g(matched)} times at matched n = {int(rows['n_matched'].min())}")
-    if math.isnan(matched):
-        return f"{numbers}: the safety rank is 0, so the comparison is undefined."
-    if matched <= thresholds.lrh_specific_ratio:
-        return (f"{numbers}: within a factor {_g(thresholds.lrh_specific_ratio)} of each other, so low rank is not "
-                "safety-specific.")
-    return (f"{numbers}: more than {_g(thresholds.lrh_specific_ratio)} times, so at matched n the safety shift is "
-            "distinctly lower-rank than generic concept contrasts.")
-
-
-def kappa_claim(row: Mapping[str, Any]) -> str:
-    """One kappa-per-reference row: does the Mirsky route certify anything, and what does the tail route give?"""
-    layers, above = int(row["layers"]), int(row["count_kappa_gt_8"])
-    numbers = (f"reference {row['reference']}: kappa > 8 at {above} of {layers} layers (median {_g(row['kappa_median'])}, "
-               f"max {_g(row['kappa_max'])}); eps r >= 1/4 at {int(row['layers_eps_r_ge_quarter'])} layer(s), where the "
-               "Lemma kappa <= 2/(eps r) <= 8 rules the route out before looking at data")
-    if above == 0:
-        verdict = "kappa never exceeds 8, so the Mirsky-route lower bound certifies nothing here"
-    else:
-        verdict = f"kappa exceeds 8 only at layer(s) {row['layers_kappa_gt_8']}, so only there the Mirsky route applies"
-    certified, certified_rank = int(row["count_kappa_gt_2"]), int(row["certified_rank_max"])
-    if certified == 0:
-        weak = "kappa > 2, which would certify max(rank_eps(M_h), rank_eps(M_u)) >= r/2, holds at no layer"
-    else:
-        weak = (f"kappa > 2 certifies max(rank_eps(M_h), rank_eps(M_u)) >= r/2 at {certified} layer(s), at most "
-                f"rank {certified_rank}" + (", which is trivial for any nonzero shift" if certified_rank <= 1 else ""))
-    bound = "held" if bool(row["bound_holds_all"]) else "FAILED"
-    return (f"{numbers}: {verdict}; {weak}. "
-            f"The structural bound {bound} on all {layers} pairs. Tail-energy route (no gap needed): median gamma "
-            f"{_g(row['gamma_median'])}, so residuals up to {_g(row['residual_budget_relative_median'])} of the pair scale "
-            "sqrt(||M_h||^2 + ||M_u||^2) (median over layers) keep rank_eps'(S - E) >= r.")
-
-
-def limits_section(tables: Mapping[str, pd.DataFrame], headline_eps: float, thresholds: ClaimThresholds) -> str:
-    """The generated markdown 'limits' section: per family, the statements the tables support."""
-    eps_table = tables["limits_eps_sensitivity"]
-    lines = [
-        "## Limits of the rank diagnostics (generated from the limits tables)",
-        "",
-        f"Headline eps = {_g(headline_eps)}; unless stated, the matrix is M_template = A(chat) - B(chat) on D_s, uncentered. "
-        f"Thresholds (config `limits.claims`): noise ceiling at rho >= {_g(thresholds.noise_ceiling_fraction)} x pure-noise "
-        f"rho of the same (n, d, eps); n-limited when the rank grows at >= {_g(thresholds.n_limited_fraction)} of noise's "
-        f"rate over the n sweep; stable when the 5-95% subsample range is <= {_g(thresholds.rank_spread_fraction)} x the "
-        f"rank; reproducible when the mean largest split-half angle is <= {_g(thresholds.split_half_angle_deg)} degrees; "
-        f"low rank is safety-specific only if concept rho exceeds safety rho by > {_g(thresholds.lrh_specific_ratio)}x at "
-        f"matched n; the Mirsky route needs kappa > {_g(KAPPA_THRESHOLD)}.",
-    ]
-    for family in sorted(eps_table["family"].unique()):
-        in_family = {name: table[table["family"] == family] if "family" in table.columns else table for name, table in tables.items()}
-        eps_rows = in_family["limits_eps_sensitivity"]
-        lines += ["", f"### {family}", ""]
-        for centered in CENTERINGS:
-            headline = eps_rows[(eps_rows["centered"] == centered) & (eps_rows["eps"] == headline_eps)]
-            if not headline.empty:
-                lines.append(f"- Noise ceiling: {noise_ceiling_claim(headline.iloc[0], thresholds)}")
-        uncentered = {name: table[~table["centered"].astype(bool)] if "centered" in table.columns else table
-                      for name, table in in_family.items()}
-        sweep = uncentered["limits_n_sweep"]
-        lines.append(f"- {n_sweep_claim(sweep[sweep['eps'] == headline_eps], thresholds)}")
-        lines.append(f"- {eps_claim(uncentered['limits_eps_sensitivity'])}")
-        resampled = uncentered["limits_rank_resampling"]
-        lines.append(f"- Resampling: {resampling_claim(resampled[resampled['eps'] == headline_eps], thresholds)}")
-        lines.append(f"- Directions: {directions_claim(uncentered['limits_sv_gaps'], uncentered['limits_split_half'], thresholds)}")
-        lrh = uncentered["limits_lrh_baseline"]
-        if lrh.empty:
-            lines.append("- LRH baseline: no concept sets are configured (datasets.concepts), so it was not computed.")
-        else:
-            lines += [f"- {lrh_claim(rows, concept, thresholds)}" for concept, rows in lrh.groupby("concept")]
-        kappa = in_family["limits_kappa_per_reference"]
-        if kappa.empty:
-            lines.append("- Spectral gap: no unsafe reference is configured (families.<name>.references), so it was not run.")
-        for _, row in kappa.iterrows():
-            lines.append(f"- Spectral gap, {kappa_claim(row)}")
-    return "\n".join(lines) + "\n"
 
 
 def write_limits_tables(layer_paths: Sequence[str], table_dir: str, section_path: str, headline_eps: float,
@@ -656,7 +564,8 @@ def write_limits_tables(layer_paths: Sequence[str], table_dir: str, section_path
 
 
 def plot_limits(layer_paths: Sequence[str], output: str, family: str, headline_eps: float) -> None:
-    """Per family: the rank per layer with its subsampling 5-95% band and pure noise; kappa against its bounds."""
+    """Per family: the rank per layer with its corrected interval, the raw subsample range and pure noise; kappa
+    against its bounds. Layers left out of aggregates (`shift_status`) are shaded grey."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -669,8 +578,11 @@ def plot_limits(layer_paths: Sequence[str], output: str, family: str, headline_e
         rows = resampled[(resampled["centered"] == centered) & (resampled["eps"] == headline_eps)].sort_values("layer")
         label = "centered" if centered else "uncentered"
         left.plot(rows["layer"], rows["rank_full"], marker="o", ms=3, color=colour, label=f"{label}: full sample")
-        left.fill_between(rows["layer"], rows["sub_rank_q05"], rows["sub_rank_q95"], color=colour, alpha=0.25,
-                          label=f"{label}: subsample 5-95%")
+        level = f"{100 * float(rows['interval_level'].iloc[0]):g}%" if not rows.empty else ""
+        left.fill_between(rows["layer"], rows["pred_low"], rows["pred_high"], color=colour, alpha=0.25,
+                          label=f"{label}: corrected {level} interval (repeat study)")
+        left.vlines(rows["layer"], rows["raw_low"], rows["raw_high"], color=colour, lw=2.5, alpha=0.8,
+                    label=f"{label}: raw subsample {level} range")
         left.plot(rows["layer"], rows["noise_rho"] * rows["d"], color=colour, ls=":", label=f"{label}: pure noise")
     left.set_xlabel("layer (0 = embedding output)")
     left.set_ylabel(f"rank_eps (eps = {headline_eps:g})")
@@ -688,8 +600,12 @@ def plot_limits(layer_paths: Sequence[str], output: str, family: str, headline_e
         right.axhline(KAPPA_THRESHOLD, color="grey", lw=0.8, label="kappa = 8")
         right.set_yscale("log")
         right.legend(fontsize=7)
+    left_out = sorted(set(resampled.loc[~resampled["counted"].astype(bool), "layer"])) if not resampled.empty else []
     for axis in (left, right):
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for axis in (left,) if pairs.empty else (left, right):
+        for layer in left_out:
+            axis.axvspan(layer - 0.5, layer + 0.5, color="0.85", zorder=0)
     right.set_xlabel("layer (0 = embedding output)")
     right.set_ylabel("kappa")
     right.set_title(f"{family}: spectral gap vs structural bound")
