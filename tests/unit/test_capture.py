@@ -165,16 +165,24 @@ def test_batching_and_sorting_restore_the_input_order(tiny_families):
             np.testing.assert_allclose(acts[layer]["last"], reference[layer]["last"], rtol=1e-4, atol=1e-5)
 
 
-def test_capture_is_deterministic_float32(tiny_families):
+def test_read_positions_are_float32_slices_of_one_stream(tiny_families):
+    """Run-to-run determinism is tested across two processes (test_determinism.py); here the three read kinds of
+    one capture must be consistent slices of the same residual stream, in float32."""
     family = tiny_families["qwen2"]
     encoded = _encode(family)
-    first, second = _capture(family, encoded, batch_size=2), _capture(family, encoded, batch_size=2)
-    for layer in first:
-        for kind in first[layer]:
-            assert first[layer][kind].dtype == np.float32
-            np.testing.assert_array_equal(first[layer][kind], second[layer][kind])
-    assert set(first[0]) == {"last", "mean_last_k", "post_instruction"}
-    assert first[0]["post_instruction"].shape == (len(INSTRUCTIONS), encoded.post_instruction_len, 64)
+    acts = _capture(family, encoded, batch_size=2)
+    n, length = len(INSTRUCTIONS), encoded.post_instruction_len
+    assert length >= MEAN_LAST_K
+    for layer, kinds in acts.items():
+        assert set(kinds) == {"last", "mean_last_k", "post_instruction"}
+        assert all(values.dtype == np.float32 for values in kinds.values())
+        assert kinds["last"].shape == kinds["mean_last_k"].shape == (n, 64)
+        assert kinds["post_instruction"].shape == (n, length, 64)
+        # the template suffix ends at the last token, and the last k tokens lie inside the suffix
+        np.testing.assert_array_equal(kinds["post_instruction"][:, -1], kinds["last"])
+        np.testing.assert_allclose(kinds["mean_last_k"], kinds["post_instruction"][:, -MEAN_LAST_K:].mean(axis=1),
+                                   rtol=1e-5, atol=1e-6)
+        assert not np.allclose(kinds["mean_last_k"], kinds["last"], rtol=1e-3, atol=1e-4), layer
 
 
 def test_raw_format_has_no_post_instruction_kind(tiny_families):

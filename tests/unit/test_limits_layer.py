@@ -6,8 +6,9 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from noise_reference import marchenko_pastur_rho
 
-from rankaudit import io, spectra
+from rankaudit import io
 from rankaudit.stages import limits
 
 
@@ -30,7 +31,8 @@ def test_lrh_ratio_is_the_ratio_of_planted_ranks():
     # at matched n the larger (safety) set is subsampled to 80 rows; a generic subset keeps the planted rank
     assert record["n_matched"] == 80
     assert (record["rank_concept_matched"], record["rank_safety_matched"], record["ratio_matched"]) == (6.0, 3.0, 2.0)
-    assert record["noise_rho_concept"] == spectra.noise_rho(80, d, 0.001, 1, 0)
+    assert record["noise_rho_concept"] == pytest.approx(marchenko_pastur_rho(80, d, 0.001), abs=2 / d)
+    assert record["noise_rho_safety"] == pytest.approx(marchenko_pastur_rho(120, d, 0.001), abs=2 / d)
 
 
 def test_lrh_ratio_is_nan_when_safety_rank_is_zero():
@@ -50,8 +52,10 @@ def test_subsampling_distribution_contains_the_planted_rank():
     assert at_005["rank_full"] == 5
     assert at_005["sub_rank_min"] <= 5 <= at_005["sub_rank_max"] and at_005["contains_full"]
     assert at_005["sub_draws"] == 50 and at_005["n_subsample"] == 80
-    assert at_005["noise_rho"] == spectra.noise_rho(100, 400, 0.05, 1, 0)
-    assert at_005["rho_over_noise"] == pytest.approx(at_005["rho_full"] / at_005["noise_rho"])
+    # planted rho 5 / 400 against the Marchenko-Pastur ceiling of 100 x 400 noise (within two ranks of it)
+    noise = marchenko_pastur_rho(100, 400, 0.05)
+    assert at_005["noise_rho"] == pytest.approx(noise, abs=2 / 400)
+    assert at_005["rho_over_noise"] == pytest.approx((5 / 400) / noise, rel=2 / (400 * noise))
     assert {r["eps"] for r in records} == {0.05, 0.2}
     # a planted rank is the same in every subset: the corrected interval is the rank itself
     assert (at_005["pred_low"], at_005["pred_high"], at_005["rank_se"]) == (5, 5, 0.0)
@@ -128,7 +132,12 @@ def test_n_sweep_records_cap_at_the_available_prompts():
     records = limits.n_sweep_records(rng.standard_normal((80, 500)), [0.05], [50, 100, 200], centered=False, draws=50,
                                      seed=0, noise_draws=1)
     assert [(r["n"], r["capped"]) for r in records] == [(50, False), (80, True)]
-    assert all(r["rho_over_noise"] == pytest.approx(r["rho_mean"] / r["noise_rho"]) for r in records)
+    # the matrix is itself Gaussian noise: its rank and the noise ceiling both sit at the Marchenko-Pastur value
+    for record in records:
+        noise = marchenko_pastur_rho(record["n"], 500, 0.05)
+        assert record["noise_rho"] == pytest.approx(noise, abs=2 / 500)
+        assert record["rho_mean"] == pytest.approx(noise, abs=2 / 500)
+        assert record["rho_over_noise"] == pytest.approx(1.0, abs=4 / (500 * noise))
 
 
 def test_spectral_gap_records_match_hand_computation():
