@@ -7,9 +7,10 @@ from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):
     write_limits_tables(
-        list(snakemake.input),
+        list(snakemake.input.layers),
         str(Path(snakemake.output.section).parent),
         snakemake.output.section,
         headline_eps=snakemake.params.headline_eps,
         claims=snakemake.params.claims,
+        floor_paths=list(snakemake.input.floor),
     )

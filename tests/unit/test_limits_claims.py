@@ -146,3 +146,28 @@ def test_thresholds_from_config():
     assert custom.paper_lrh_ratio == (1.9, 2.7) and custom.n_growth_material == 0.2
     with pytest.raises(ValueError, match="limits.claims: unknown keys"):
         ClaimThresholds.from_config({"typo": 1})
+
+
+def _floor_rows(flags: dict[int, bool], fractions: dict[int, float]) -> pd.DataFrame:
+    return pd.DataFrame([
+        {"family": "fam", "variant": "template", "dataset": "safety", "centered": False, "layer": layer, "eps": eps,
+         "prompts": 16, "run_dtype": "bfloat16", "floor_fraction": fractions[layer],
+         "within_precision_floor": flags[layer] and eps == 0.05}
+        for layer in flags for eps in (0.05, 0.2)
+    ])
+
+
+def test_precision_claim_names_the_layers_whose_rank_is_within_the_floor():
+    from rankaudit.stages.limits_claims import precision_claim
+
+    floor = _floor_rows({0: True, 1: False, 2: True, 3: False}, {0: 0.9, 1: 0.001, 2: 0.08, 3: 0.002})
+    text = precision_claim(floor, counted_layers=[1, 2, 3], headline_eps=0.05)
+    assert "bfloat16 run; the first 16 prompts" in text
+    assert "0.1%-8% of its shift energy over 3 counted layers" in text
+    assert "within the floor at 1 of 3 counted layer(s) (2)" in text and "not evidence" in text
+    calm = precision_claim(floor, counted_layers=[1, 3], headline_eps=0.05)
+    assert calm.endswith("no counted layer's rank is within it.")
+    coarse = floor.assign(within_precision_floor=floor["layer"].eq(3) & floor["eps"].eq(0.2))
+    assert precision_claim(coarse, counted_layers=[1, 3], headline_eps=0.05).endswith(
+        "no counted layer's rank is within it (within the floor at other eps: eps = 0.2: 1 layer(s)).")
+    assert precision_claim(floor, counted_layers=[7], headline_eps=0.05) is None

@@ -242,6 +242,33 @@ def kappa_claim(row: Mapping[str, Any]) -> str:
             f"sqrt(||M_h||^2 + ||M_u||^2) keep rank_eps'(S - E) >= r, but {tail}.")
 
 
+def precision_claim(floor: pd.DataFrame, counted_layers: Sequence[int], headline_eps: float) -> str | None:
+    """What the bfloat16/float16 precision floor says about M_template's ranks at the counted layers (None when the
+    family was captured in float32 and so has no floor rows).
+
+    `floor`: the family's rows of the precision-floor table (rankaudit.stages.precision_floor) for M_template on D_s,
+    uncentered. A rank within the floor is one that round-off alone could change: it is not evidence of the shift's
+    dimension.
+    """
+    rows = floor[floor["layer"].isin(list(counted_layers))]
+    if rows.empty:
+        return None
+    at_eps = rows[rows["eps"] == headline_eps]
+    flagged = at_eps[at_eps["within_precision_floor"].astype(bool)]
+    dtype, prompts = rows["run_dtype"].iloc[0], int(rows["prompts"].iloc[0])
+    text = (f"Precision floor ({dtype} run; the first {prompts} prompts captured again in float32): the round-off "
+            f"energy of M_template is {_percent(float(rows['floor_fraction'].min()))}-"
+            f"{_percent(float(rows['floor_fraction'].max()))} of its shift energy over {len(set(rows['layer']))} counted layers")
+    by_eps = rows[rows["within_precision_floor"].astype(bool)].groupby("eps")["layer"].nunique()
+    elsewhere = "; ".join(f"eps = {_g(eps)}: {count} layer(s)" for eps, count in by_eps.items() if eps != headline_eps)
+    also = f" (within the floor at other eps: {elsewhere})" if elsewhere else ""
+    if flagged.empty:
+        return text + f"; at eps = {_g(headline_eps)} no counted layer's rank is within it{also}."
+    return (text + f"; at eps = {_g(headline_eps)} the rank is within the floor at {len(flagged)} of {len(at_eps)} counted "
+            f"layer(s) ({_layers(sorted(flagged['layer']))}): round-off alone could change it, so it is not evidence of "
+            f"the shift's dimension there{also}.")
+
+
 def _threshold_text(thresholds: ClaimThresholds, headline_eps: float, level: str) -> str:
     low, high = thresholds.paper_lrh_ratio
     return (
@@ -261,8 +288,9 @@ def _threshold_text(thresholds: ClaimThresholds, headline_eps: float, level: str
     )
 
 
-def _family_lines(tables: Mapping[str, pd.DataFrame], headline_eps: float, thresholds: ClaimThresholds) -> list[str]:
-    """The statements of one family (`tables` already restricted to it)."""
+def _family_lines(tables: Mapping[str, pd.DataFrame], headline_eps: float, thresholds: ClaimThresholds,
+                  floor: pd.DataFrame | None = None) -> list[str]:
+    """The statements of one family (`tables` and `floor`, its precision-floor rows or None, already restricted to it)."""
     resampled = tables["limits_rank_resampling"]
     statuses = resampled[["layer", "layer_status", "counted"]].drop_duplicates("layer").sort_values("layer")
     lines = [f"- {excluded_layers_claim(statuses)}"]
@@ -273,6 +301,11 @@ def _family_lines(tables: Mapping[str, pd.DataFrame], headline_eps: float, thres
         headline = eps_rows[(eps_rows["centered"] == centered) & (eps_rows["eps"] == headline_eps)]
         if not headline.empty:
             lines.append(f"- Noise ceiling: {noise_ceiling_claim(headline.iloc[0], thresholds)}")
+    if floor is not None:
+        template = floor[(floor["variant"] == "template") & (floor["dataset"] == "safety") & ~floor["centered"].astype(bool)]
+        claim = precision_claim(template, list(statuses[statuses["counted"]]["layer"]), headline_eps)
+        if claim:
+            lines.append(f"- {claim}")
     uncentered = {name: table[~table["centered"].astype(bool)] if "centered" in table.columns else table
                   for name, table in tables.items()}
     counted = {name: table[table["counted"].astype(bool)] if "counted" in table.columns else table
@@ -296,13 +329,16 @@ def _family_lines(tables: Mapping[str, pd.DataFrame], headline_eps: float, thres
     return lines
 
 
-def limits_section(tables: Mapping[str, pd.DataFrame], headline_eps: float, thresholds: ClaimThresholds) -> str:
-    """The generated markdown 'limits' section: per family, the statements the tables support."""
+def limits_section(tables: Mapping[str, pd.DataFrame], headline_eps: float, thresholds: ClaimThresholds,
+                   floor: pd.DataFrame | None = None) -> str:
+    """The generated markdown 'limits' section: per family, the statements the tables support (and, for families
+    captured below float32, what the precision floor `floor` says of their ranks)."""
     resampled = tables["limits_rank_resampling"]
     level = _percent(float(resampled["interval_level"].iloc[0])) if not resampled.empty else "n/a"
     lines = ["## Limits of the rank diagnostics (generated from the limits tables)", "",
              _threshold_text(thresholds, headline_eps, level)]
     for family in sorted(resampled["family"].unique()):
         in_family = {name: table[table["family"] == family] if "family" in table.columns else table for name, table in tables.items()}
-        lines += ["", f"### {family}", "", *_family_lines(in_family, headline_eps, thresholds)]
+        family_floor = floor[floor["family"] == family] if floor is not None else None
+        lines += ["", f"### {family}", "", *_family_lines(in_family, headline_eps, thresholds, family_floor)]
     return "\n".join(lines) + "\n"
