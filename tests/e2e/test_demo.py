@@ -126,8 +126,6 @@ def test_changing_eps_reruns_only_analysis(demo_run: tuple[Path, Path], tmp_path
     assert not forward_passes, f"changing eps re-runs model work: {forward_passes}"
 
 
-def test_report_builds(demo_run: tuple[Path, Path], run_snakemake) -> None:
-    workdir, config = demo_run
-    result = run_snakemake(workdir, config, "--report", str(workdir / "report.html"))
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    assert (workdir / "report.html").stat().st_size > 10_000
+def test_report_builds(demo_report: tuple[Path, str]) -> None:
+    report, _ = demo_report  # built without errors and without docutils messages (the fixture checks both)
+    assert report.stat().st_size > 10_000

@@ -8,6 +8,7 @@ reference/paper_figures.yaml (`rankaudit.paper_figures`); nothing here holds a p
 
 from __future__ import annotations
 
+import html
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -308,6 +309,14 @@ def headline_frame(tables: Mapping[str, pd.DataFrame | None], figures: PaperFigu
     return pd.DataFrame(rows)
 
 
+def scope_heading(scope: str, first: pd.Series) -> str:
+    """The heading of one scope's table: which models it measures and whether they are the paper's, stand-ins or neither."""
+    if scope == CALIBRATION:
+        return "calibration MLP (model-independent): the run's grid beside the paper's (Sec. 5, App. A.8-A.11)"
+    base, aligned = first["run_models"].split(" -> ")
+    return SCOPE_HEADINGS[first["comparison"]].format(family=scope, base=base, aligned=aligned, name=first["paper_model"])
+
+
 def headline_markdown(frame: pd.DataFrame, figures: PaperFigures) -> str:
     """Per family (then the calibration MLP) a table of the run's figures beside the paper's, under a heading
     that says whether these are the paper's models, stand-ins (the demo's organisms) or neither."""
@@ -318,15 +327,53 @@ def headline_markdown(frame: pd.DataFrame, figures: PaperFigures) -> str:
              f"Layers: {paper['layers']} The run's means over layers are those of its source tables.", ""]
     for scope, rows in frame.groupby("scope", sort=False):
         first = rows.iloc[0]
-        if scope == CALIBRATION:
-            heading = "calibration MLP (model-independent): the run's grid beside the paper's (Sec. 5, App. A.8-A.11)"
-        else:
-            base, aligned = first["run_models"].split(" -> ")
-            heading = SCOPE_HEADINGS[first["comparison"]].format(family=scope, base=base, aligned=aligned, name=first["paper_model"])
+        heading = scope_heading(scope, first)
         columns = ["description", "measured"] + (["paper", "paper_source"] if first["comparison"] != "none" else [])
         table = rows[columns].rename(columns={"description": "quantity", "measured": "this run", "paper_source": "paper source"})
         lines += [f"#### {heading}", "", io.markdown_table(table)]
     return "\n".join(lines)
+
+
+HTML_ID = "rankaudit-headline"
+# Snakemake's report shows its workflow description in a narrow column (Tailwind's `prose max-w-lg`) beside the
+# rule graph, vertically centred in a scrolling pane: a page taller than the screen would open scrolled to its
+# middle, with its top out of reach. These rules apply only to the pane and column that hold the headline: the
+# column widens so the tables are readable, and the pane starts at the top of the page.
+HTML_STYLE = f"""
+.prose.max-w-lg:has(#{HTML_ID}) {{ max-width: min(72rem, 92vw); }}
+.items-center.overflow-auto:has(#{HTML_ID}) {{ align-items: flex-start; justify-content: flex-start; }}
+#{HTML_ID} table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.85em; }}
+#{HTML_ID} th, #{HTML_ID} td {{ border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; vertical-align: top; }}
+#{HTML_ID} th {{ background: #f3f3f3; }}
+"""
+
+
+def headline_html(frame: pd.DataFrame, figures: PaperFigures) -> str:
+    """The tables of `headline_markdown` as one HTML fragment: a report item of its own, and the table the report
+    opens on (report/workflow.rst includes it). Each row carries data-scope and data-quantity, so a browser test
+    can read the rendered figures back and compare them with headline.parquet."""
+    paper = figures.paper
+    esc = html.escape
+    parts = [f'<div id="{HTML_ID}">', f"<style>{HTML_STYLE}</style>",
+             "<h2>Headline figures: this run beside the paper</h2>",
+             (f"<p>Paper: {esc(str(paper['title']))} ({esc(str(paper['author']))}; {esc(str(paper['archive']))}); figures "
+              f"from {esc(Path(figures.path).name)}, each with its source. Paper figures are at eps = {paper['eps']:g}.</p>"),
+             f"<p>Layers: {esc(str(paper['layers']))} The run's means over layers are those of its source tables.</p>"]
+    for scope, rows in frame.groupby("scope", sort=False):
+        first = rows.iloc[0]
+        heading = scope_heading(scope, first)
+        with_paper = first["comparison"] != "none"
+        header = ["quantity", "this run"] + (["paper", "paper source"] if with_paper else [])
+        parts += [f'<h3 data-scope="{esc(str(scope))}">{esc(heading)}</h3>', f'<table data-scope="{esc(str(scope))}">',
+                  "<thead><tr>" + "".join(f"<th>{name}</th>" for name in header) + "</tr></thead>", "<tbody>"]
+        for _, row in rows.iterrows():
+            cells = [("description", row["description"]), ("measured", row["measured"])]
+            cells += [("paper", row["paper"]), ("paper_source", row["paper_source"])] if with_paper else []
+            parts.append(f'<tr data-scope="{esc(str(scope))}" data-quantity="{esc(row["quantity"])}">'
+                         + "".join(f'<td data-column="{column}">{esc(str(value))}</td>' for column, value in cells) + "</tr>")
+        parts += ["</tbody>", "</table>"]
+    parts.append("</div>")
+    return "\n".join(parts) + "\n"
 
 
 TABLE_NAMES = tuple(COLUMNS)
@@ -336,7 +383,7 @@ def write_headline(inputs: Mapping[str, str], figures_path: str, output_stem: st
                    audit_eps: float, causal_families: Sequence[str] = (), report_r: Sequence[int] = (),
                    kappa_threshold: float | None = None) -> pd.DataFrame:
     """Read the tables named in `inputs` (table name -> file; absent = stage not run) and write
-    `<output_stem>.{parquet,csv,md}`."""
+    `<output_stem>.{parquet,csv,md,html}`."""
     figures = load_paper_figures(figures_path)
     tables = {name: read_table(path, name, required_columns(name, report_r, kappa_threshold))
               for name, path in inputs.items() if name in TABLE_NAMES}
@@ -348,4 +395,6 @@ def write_headline(inputs: Mapping[str, str], figures_path: str, output_stem: st
         frame.to_csv(tmp, index=False)
     with io.atomic_path(stem.with_suffix(".md")) as tmp:
         tmp.write_text(headline_markdown(frame, figures))
+    with io.atomic_path(stem.with_suffix(".html")) as tmp:
+        tmp.write_text(headline_html(frame, figures))
     return frame
