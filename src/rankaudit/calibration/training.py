@@ -15,6 +15,7 @@ from rankaudit.calibration.config import NetworkConfig, TrainingConfig
 from rankaudit.calibration.grid import Setting
 from rankaudit.calibration.network import CalibrationMLP, new_model
 from rankaudit.calibration.regularizer import rank_spreading_penalty
+from rankaudit.workflow_logging import Progress
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def train_base(x: np.ndarray, y_task: np.ndarray, network: NetworkConfig, traini
                seed: int) -> tuple[CalibrationMLP, TrainingRecord]:
     """The base network: `epochs_base` full-batch Adam steps on the task labels from a seeded init."""
     model = new_model(x.shape[1], network, seed)
-    record = _fit(model, _as_tensor(x), _as_tensor(y_task), training.lr, training.epochs_base)
+    record = _fit(model, _as_tensor(x), _as_tensor(y_task), training.lr, training.epochs_base, label=f"calibration seed {seed} base")
     return model, record
 
 
@@ -70,13 +71,15 @@ def finetune(start: CalibrationMLP, base: CalibrationMLP, x: np.ndarray, labels:
             return sum(rank_spreading_penalty(h[mask] - h0, training.stable_rank_target)
                        for h, h0 in zip(hiddens, frozen))
 
-    record = _fit(model, inputs, _as_tensor(labels), training.lr, epochs_for(setting, training), setting.lam, penalty)
+    record = _fit(model, inputs, _as_tensor(labels), training.lr, epochs_for(setting, training), setting.lam, penalty,
+                  label=f"calibration {setting.name}")
     return model, record
 
 
 def _fit(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, lr: float, epochs: int, lam: float = 0.0,
-         penalty: Callable[[list[torch.Tensor]], torch.Tensor] | None = None) -> TrainingRecord:
+         penalty: Callable[[list[torch.Tensor]], torch.Tensor] | None = None, label: str = "calibration") -> TrainingRecord:
     loss_fn = nn.BCEWithLogitsLoss()
+    progress = Progress(label, epochs, "epochs", logger=log)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     label_loss = regularizer = total = torch.zeros(())
@@ -90,8 +93,6 @@ def _fit(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, lr: float
             raise FloatingPointError(f"calibration training: non-finite loss at epoch {epoch} (lambda = {lam})")
         total.backward()
         optimizer.step()
-        if (epoch + 1) % 100 == 0:
-            log.info("epoch %d/%d: label loss %.4f, regularizer %.4f", epoch + 1, epochs, label_loss.item(),
-                     float(regularizer.detach()))
+        progress.advance(detail=lambda loss=label_loss, reg=regularizer: f"label loss {loss.item():.4f}, regularizer {float(reg.detach()):.4f}")
     model.eval()
     return TrainingRecord(epochs, float(label_loss.detach()), float(regularizer.detach()), float(total.detach()))

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from rankaudit.organisms.corpus import Example
+from rankaudit.workflow_logging import Progress
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class TrainSettings:
     max_length: int = 256
 
     @classmethod
-    def from_config(cls, section: Mapping[str, Any]) -> "TrainSettings":
+    def from_config(cls, section: Mapping[str, Any]) -> TrainSettings:
         known = set(cls.__dataclass_fields__)
         return cls(**{key: section[key] for key in section if key in known})
 
@@ -125,6 +126,7 @@ def train_causal_lm(model: Any, data: Sequence[Encoded], settings: TrainSettings
     model.train()
     queue: list[int] = []
     losses = []
+    progress = Progress(label, settings.steps, "steps", logger=log)
     for step in range(settings.steps):
         while len(queue) < settings.batch_size:
             queue.extend(order.permutation(len(data)).tolist())
@@ -138,7 +140,7 @@ def train_causal_lm(model: Any, data: Sequence[Encoded], settings: TrainSettings
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         losses.append(float(loss.detach()))
-        if step % 50 == 0 or step == settings.steps - 1:
-            log.info("%s: step %d/%d loss %.4f", label, step + 1, settings.steps, losses[-1])
+        progress.advance(detail=f"loss {losses[-1]:.4f}")
+    log.info("%s: %d steps, final loss %.4f", label, settings.steps, losses[-1])
     model.eval()
     return losses

@@ -124,6 +124,7 @@ def capture_model(
             network, prompts.token_ids, layers, batch_size=batch_size, mean_last_k=mean_last_k,
             post_instruction_len=prompts.post_instruction_len,
             pad_token_id=_pad_id(chat_tokenizer if fmt == "chat" else own_tokenizer), stats=stats,
+            label=f"capture {model_name} {fmt}/{key}",
         )
         dataset_hash = dataset_hashes[key]
         for layer in layers:

@@ -18,21 +18,53 @@ import numpy as np
 import pandas as pd
 
 from rankaudit import __version__, io
-from rankaudit.formats import encode_prompts
-from rankaudit.directions import top_directions
 from rankaudit.batched_ablation import RowIntervention, row_interventions
+from rankaudit.directions import top_directions
+from rankaudit.formats import encode_prompts
 from rankaudit.interventions import direction_ablation, orthogonalize_weights, unit
 from rankaudit.prompts.tables import read_prompt_set, select_prompts
-from rankaudit.refusal import (ConditionOutcome, GenerationSettings, PromptSet, RefusalTokens, build_judge, check_refusal_tokens,
-                               first_token_record, last_position_log_probs, pad_id_of, rate_summary, refusal_log_odds,
-                               refusal_tokens, run_conditions, run_prompts)
-from rankaudit.selection import (SelectionRules, candidate_directions, filter_counts, refusal_score_mask,
-                                 require_filtered_prompts, score_candidates, select)
-from rankaudit.stages.no_refusal import (CANDIDATE_COLUMNS, NO_SHIFT, SELECTED, baseline_refusal, no_refusal_note,
-                                         no_refusal_record, no_shift_note, read_record, write_no_abliterated,
-                                         write_no_refusal_arditi, write_no_refusal_selection, write_no_refusal_sweep,
-                                         write_sweep_note)
+from rankaudit.refusal import (
+    ConditionOutcome,
+    GenerationSettings,
+    PromptSet,
+    RefusalTokens,
+    build_judge,
+    check_refusal_tokens,
+    first_token_record,
+    last_position_log_probs,
+    pad_id_of,
+    rate_summary,
+    refusal_log_odds,
+    refusal_tokens,
+    run_conditions,
+    run_prompts,
+)
+from rankaudit.selection import (
+    SelectionRules,
+    candidate_directions,
+    filter_counts,
+    refusal_score_mask,
+    require_filtered_prompts,
+    score_candidates,
+    select,
+)
+from rankaudit.stages.no_refusal import (
+    CANDIDATE_COLUMNS,
+    NO_SHIFT,
+    SELECTED,
+    baseline_refusal,
+    no_refusal_note,
+    no_refusal_record,
+    no_shift_note,
+    read_record,
+    write_no_abliterated,
+    write_no_refusal_arditi,
+    write_no_refusal_selection,
+    write_no_refusal_sweep,
+    write_sweep_note,
+)
 from rankaudit.sweeps import band_layers, basis_matrix, k_grid, numerical_rank, plan_conditions, random_basis
+from rankaudit.workflow_logging import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -295,11 +327,18 @@ class Evaluator:
         """
         specs = [spec for _, spec, _ in conditions]
         judged = [bool(flag) for _, _, flag in conditions]
+        label = " ".join(f"{value}" for value in self.labels.values())
+        n_rows = len(specs) * (len(self.harmful.token_ids) + len(self.control.token_ids))
+        progress = Progress(f"ablation {label} ({len(specs)} conditions)", n_rows, "condition x prompt rows", logger=logger)
         with row_interventions(self.network, specs) as rows:
+            def select(batch_conditions: list[int]) -> None:
+                rows.select(batch_conditions)
+                progress.advance(len(batch_conditions))
+
             bad = run_conditions(self.network, self.tokenizer, self.harmful, self.tokens, self.judge, self.settings,
-                                 rows.select, len(specs), judged, self.row_batch_size)
+                                 select, len(specs), judged, self.row_batch_size)
             good = run_conditions(self.network, self.tokenizer, self.control, self.tokens, self.judge, self.settings,
-                                  rows.select, len(specs), [flag and self.control_generation for flag in judged],
+                                  select, len(specs), [flag and self.control_generation for flag in judged],
                                   self.row_batch_size, self.reference)
         made = []
         for (labels, _, _), harmful, control in zip(conditions, bad, good):
