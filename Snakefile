@@ -5,11 +5,21 @@ from snakemake.utils import min_version
 min_version("9.20")
 
 
+# The image of `--software-deployment-method apptainer`: rankaudit.sif, built from the Dockerfile, in the working
+# directory (docs/CLUSTER.md, "Software deployment"). A relative path, because the `software-env` rerun trigger
+# hashes it: a moved checkout re-runs nothing. Unused by the other methods and by plain runs.
+container: "rankaudit.sif"
+
+
 # The demo config is the default; a --configfile on the command line replaces it (config/paper.yaml is complete
 # on its own) instead of being merged into the demo's models and families.
 if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"
+
+
+# the report opens on this page: the headline table and a link to each section
+report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
@@ -28,15 +38,7 @@ include: "rules/headline.smk"
 include: "rules/download.smk"
 
 
+# the outputs of the stages the config chooses (`stages`; rules/common.smk, `chosen_stage_targets`)
 rule all:
     input:
-        prompt_dataset_files(),
-        organism_files(),
-        checkpoint_files(),
-        rules.audit_tables.output,
-        precision_floor_files(),
-        expand("results/figures/{family}/{figure}.png", family=config["families"], figure=["cumulative_variance", "rho_by_layer"]),
-        rules.limits_all.input,
-        rules.causal_all.input,
-        rules.calibration_all.input if CALIBRATION_REQUESTED else [],
-        rules.headline_table.output,
+        chosen_stage_targets(),

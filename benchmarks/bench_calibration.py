@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from benchcommon import (REPO, Ratio, Timing, benchmark_arguments, interleaved, paper_scripts, ratio_rows, report,
-                         single_thread, wait_for_idle)
+from benchcommon import REPO, Ratio, Timing, benchmark_arguments, interleaved, paper_scripts, ratio_rows, report, single_thread, wait_for_idle
 
 from rankaudit.calibration import grid
 from rankaudit.calibration.jobs import run_base_job, run_finetune_job

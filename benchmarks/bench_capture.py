@@ -24,8 +24,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from benchcommon import (Ratio, benchmark_arguments, interleaved, markdown_table, ratio_rows, report, single_thread,
-                         wait_for_idle)
+from benchcommon import Ratio, benchmark_arguments, interleaved, markdown_table, ratio_rows, report, single_thread, wait_for_idle
 
 from rankaudit.capture import capture_residual_stream
 

@@ -33,8 +33,19 @@ from typing import Any
 
 import numpy as np
 import yaml
-from benchcommon import (REPO, Ratio, Timing, benchmark_arguments, interleaved, markdown_table, paper_scripts,
-                         ratio_rows, report, single_thread, wait_for_idle)
+from benchcommon import (
+    REPO,
+    Ratio,
+    Timing,
+    benchmark_arguments,
+    interleaved,
+    markdown_table,
+    paper_scripts,
+    ratio_rows,
+    report,
+    single_thread,
+    wait_for_idle,
+)
 
 from rankaudit.capture import capture_residual_stream
 from rankaudit.formats import encode_prompts

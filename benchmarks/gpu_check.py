@@ -237,7 +237,7 @@ def measure(family: str, args: argparse.Namespace, config: dict, device: str, pe
     difference = abliteration_difference(model, capture_prompts[:ABLITERATION_PROMPTS], direction_ablation,
                                          orthogonalize_weights, capture_residual_stream)
     n_parameters = sum(p.numel() for p in model.parameters()) / 1e9
-    del model
+    model = None  # frees the weights (the closures above share this variable) before the next family
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
     return Figures(ARCHITECTURES[family][0], n_parameters, sum(lengths) / capture_seconds, mfu, len(condition), conditions_per_s,
@@ -307,7 +307,8 @@ def study_hours(config: dict, figures: dict[str, Figures], mean_tokens: float, l
         }
         for stage, (jobs, count, scored, tokens, fewer_tokens) in stages.items():
             def hours(score_rate: float, generation_rate: float, generated: float) -> float:
-                return (scored / (f.condition_prompts * score_rate) + generated / generation_rate + jobs * load_seconds) / 3600
+                # called within this iteration only, so the loop variables are the current ones
+                return (scored / (f.condition_prompts * score_rate) + generated / generation_rate + jobs * load_seconds) / 3600  # noqa: B023
 
             rows.append({"stage": f"{stage} {family}", "jobs": jobs, "conditions": count, "prompts": scored,
                          "generated_tokens": tokens,

@@ -9,52 +9,14 @@
 
 from rankaudit.calibration import grid as calibration_grid
 
-# A config without the section (e.g. one written for the LLM stages only) asks for no calibration grid: `rule all`
-# leaves it out, and `calibration_all` still runs it on request at every METHODS 6 default.
-CALIBRATION_REQUESTED = "calibration" in config
-if not CALIBRATION_REQUESTED:
-    config["calibration"] = {}
-    validate(config["calibration"], "../config/schema/calibration.schema.yaml")
+# `rule all` runs the grid when the calibration stage is chosen (rules/common.smk, `stages`); `calibration_all`
+# runs it on request either way, an absent section at every METHODS 6 default.
 CALIBRATION = config["calibration"]
 calibration_grid.check_grid(CALIBRATION)
 CALIBRATION_CELL = calibration_grid.cell_slice(CALIBRATION)
 CALIBRATION_TABLES = ["cells", "layers", "ablation", "lambda_sweep", "variants", "r_grid", "kappa", "kappa_layers"]
 CALIBRATION_REPORTED = ["lambda_sweep", "variants", "r_grid", "kappa"]
 CALIBRATION_FIGURES = ["compliance_vs_r", "rho_vs_lambda"]
-
-
-def calibration_path(seed, setting, name):
-    return f"results/calibration/seed{seed}/{setting}/{name}"
-
-
-def calibration_model(seed, setting):
-    return calibration_path(seed, setting, "model.safetensors")
-
-
-def calibration_measurements():
-    return [calibration_path(seed, setting, "measurements.json")
-            for seed in CALIBRATION["seeds"] for setting in calibration_grid.all_settings(CALIBRATION)]
-
-
-def calibration_aligned_start(wildcards):
-    """Unsafe variants start from FullFT when training.unsafe_init is 'aligned'."""
-    unsafe = calibration_grid.parse_setting(wildcards.setting).kind == "unsafe"
-    if unsafe and CALIBRATION["training"]["unsafe_init"] == "aligned":
-        return [calibration_model(wildcards.seed, calibration_grid.setting_name("honest", 0))]
-    return []
-
-
-def calibration_kappa_models(wildcards):
-    members = sorted({name for pair in calibration_grid.kappa_pairs(CALIBRATION) for name in pair})
-    return {name: calibration_model(wildcards.seed, name) for name in members}
-
-
-def calibration_table_files():
-    return [f"results/tables/calibration_{name}.{ext}" for name in CALIBRATION_TABLES for ext in ("parquet", "csv", "md")]
-
-
-def calibration_figure_files():
-    return [f"results/figures/calibration_{name}.png" for name in CALIBRATION_FIGURES]
 
 
 localrules:
@@ -67,19 +29,21 @@ rule calibration_base:
     output:
         model=calibration_model("{seed}", "base"),
         measurements=calibration_path("{seed}", "base", "measurements.json"),
-    params:
-        cell=CALIBRATION_CELL,
-        version=STAGE_VERSION["calibration"],
-    wildcard_constraints:
-        seed=r"\d+",
     log:
         "logs/calibration/seed{seed}/base.log",
     benchmark:
         "benchmarks/calibration/seed{seed}/base.tsv"
+    wildcard_constraints:
+        seed=r"\d+",
+    conda:
+        "../envs/model.yaml"
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 1500 * attempt,
         runtime=lambda wildcards, attempt: 10 * attempt,
+    params:
+        cell=CALIBRATION_CELL,
+        version=STAGE_VERSION["calibration"],
     script:
         "../workflow_scripts/calibration_base.py"
 
@@ -91,20 +55,22 @@ rule calibration_finetune:
     output:
         model=calibration_model("{seed}", "{setting}"),
         measurements=calibration_path("{seed}", "{setting}", "measurements.json"),
-    params:
-        cell=CALIBRATION_CELL,
-        version=STAGE_VERSION["calibration"],
-    wildcard_constraints:
-        seed=r"\d+",
-        setting=calibration_grid.TRAINED_SETTING_PATTERN,
     log:
         "logs/calibration/seed{seed}/{setting}.log",
     benchmark:
         "benchmarks/calibration/seed{seed}/{setting}.tsv"
+    wildcard_constraints:
+        seed=r"\d+",
+        setting=calibration_grid.TRAINED_SETTING_PATTERN,
+    conda:
+        "../envs/model.yaml"
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=lambda wildcards, attempt: 20 * attempt,
+    params:
+        cell=CALIBRATION_CELL,
+        version=STAGE_VERSION["calibration"],
     script:
         "../workflow_scripts/calibration_finetune.py"
 
@@ -116,17 +82,19 @@ rule calibration_steering:
     output:
         vectors=calibration_path("{seed}", "steering", "vectors.safetensors"),
         measurements=calibration_path("{seed}", "steering", "measurements.json"),
-    params:
-        cell=CALIBRATION_CELL,
-        version=STAGE_VERSION["calibration"],
-    wildcard_constraints:
-        seed=r"\d+",
     log:
         "logs/calibration/seed{seed}/steering.log",
+    wildcard_constraints:
+        seed=r"\d+",
+    conda:
+        "../envs/model.yaml"
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 1500 * attempt,
         runtime=lambda wildcards, attempt: 5 * attempt,
+    params:
+        cell=CALIBRATION_CELL,
+        version=STAGE_VERSION["calibration"],
     script:
         "../workflow_scripts/calibration_steering.py"
 
@@ -137,19 +105,21 @@ rule calibration_kappa:
         models=lambda wildcards: list(calibration_kappa_models(wildcards).values()),
     output:
         "results/calibration/seed{seed}/kappa.json",
+    log:
+        "logs/calibration/seed{seed}/kappa.log",
+    wildcard_constraints:
+        seed=r"\d+",
+    conda:
+        "../envs/model.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 1500 * attempt,
+        runtime=lambda wildcards, attempt: 5 * attempt,
     params:
         cell=CALIBRATION_CELL,
         pairs=calibration_grid.kappa_pairs(CALIBRATION),
         models=lambda wildcards: calibration_kappa_models(wildcards),
         version=STAGE_VERSION["calibration"],
-    wildcard_constraints:
-        seed=r"\d+",
-    log:
-        "logs/calibration/seed{seed}/kappa.log",
-    threads: 1
-    resources:
-        mem_mb=lambda wildcards, attempt: 1500 * attempt,
-        runtime=lambda wildcards, attempt: 5 * attempt,
     script:
         "../workflow_scripts/calibration_kappa.py"
 
@@ -160,20 +130,25 @@ rule calibration_tables:
         bases=[calibration_path(seed, "base", "measurements.json") for seed in CALIBRATION["seeds"]],
         kappas=[f"results/calibration/seed{seed}/kappa.json" for seed in CALIBRATION["seeds"]],
     output:
-        **{name: report(f"results/tables/calibration_{name}.md", caption=f"../report/calibration_{name}.rst",
-                        category="2. Calibration", subcategory="tables") for name in CALIBRATION_REPORTED},
-        data=[path for path in calibration_table_files()
-              if not any(path == f"results/tables/calibration_{name}.md" for name in CALIBRATION_REPORTED)],
-    params:
-        tables=CALIBRATION["tables"],
-        threshold=CALIBRATION["kappa"]["threshold"],
-        version=STAGE_VERSION["calibration"],
+        **{
+            name: report(
+                f"results/tables/calibration_{name}.md", caption=f"../report/calibration_{name}.rst", category="4. Calibration", subcategory="tables"
+            )
+            for name in CALIBRATION_REPORTED
+        },
+        data=[path for path in calibration_table_files() if not any(path == f"results/tables/calibration_{name}.md" for name in CALIBRATION_REPORTED)],
     log:
         "logs/calibration/tables.log",
+    conda:
+        "../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        tables=CALIBRATION["tables"],
+        threshold=CALIBRATION["kappa"]["threshold"],
+        version=STAGE_VERSION["calibration"],
     script:
         "../workflow_scripts/calibration_tables.py"
 
@@ -184,22 +159,30 @@ rule calibration_figures:
         lambda_sweep="results/tables/calibration_lambda_sweep.parquet",
         layers="results/tables/calibration_layers.parquet",
     output:
-        compliance_vs_r=report("results/figures/calibration_compliance_vs_r.png",
-                               caption="../report/calibration_compliance_vs_r.rst", category="2. Calibration",
-                               subcategory="figures"),
-        rho_vs_lambda=report("results/figures/calibration_rho_vs_lambda.png",
-                             caption="../report/calibration_rho_vs_lambda.rst", category="2. Calibration",
-                             subcategory="figures"),
-    params:
-        settings=[calibration_grid.STEERING, *calibration_grid.honest_settings(CALIBRATION)],
-        report_r=CALIBRATION["tables"]["report_r"],
-        version=STAGE_VERSION["calibration"],
+        compliance_vs_r=report(
+            "results/figures/calibration_compliance_vs_r.png",
+            caption="../report/calibration_compliance_vs_r.rst",
+            category="4. Calibration",
+            subcategory="figures",
+        ),
+        rho_vs_lambda=report(
+            "results/figures/calibration_rho_vs_lambda.png",
+            caption="../report/calibration_rho_vs_lambda.rst",
+            category="4. Calibration",
+            subcategory="figures",
+        ),
     log:
         "logs/calibration/figures.log",
+    conda:
+        "../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        settings=[calibration_grid.STEERING, *calibration_grid.honest_settings(CALIBRATION)],
+        report_r=CALIBRATION["tables"]["report_r"],
+        version=STAGE_VERSION["calibration"],
     script:
         "../workflow_scripts/calibration_figures.py"
 

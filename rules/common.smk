@@ -34,8 +34,25 @@ STAGE_VERSION = {
 MODEL_JOB_PRIORITY = 1
 
 # Sections whose every key has a default: an absent section is validated as {} and so filled with the defaults.
-SECTIONS_WITH_DEFAULTS = ["limits"]
-CONFIG_SECTIONS = ["prompts", "organisms", "checkpoints", "models", "families", "runtime", "datasets", "capture", "audit", "limits", "causal", "calibration"]
+SECTIONS_WITH_DEFAULTS = ["limits", "calibration"]
+# The stages `rule all` can run (config key `stages`). audit = prompts, organisms, checkpoints, capture, spectra,
+# precision floor, the diagnosis tables and figures and the headline table; the others add their rule file's
+# `<stage>_all` target. A stage's inputs from another stage are still built (limits needs the captures).
+STAGES_KNOWN = ("audit", "causal", "limits", "calibration")
+CONFIG_SECTIONS = [
+    "prompts",
+    "organisms",
+    "checkpoints",
+    "models",
+    "families",
+    "runtime",
+    "datasets",
+    "capture",
+    "audit",
+    "limits",
+    "causal",
+    "calibration",
+]
 
 
 def _config_origin():
@@ -76,11 +93,79 @@ def check_config():
         raise WorkflowError(f"{_config_origin()}: invalid configuration:\n{error}")
 
 
+def default_stages(sections):
+    """Without a `stages` key: audit, plus each optional stage whose section the config file has (causal only
+    with at least one causal.families entry), so a config of models, families and datasets plans the audit only."""
+    optional = [stage for stage in STAGES_KNOWN[1:] if stage in sections]
+    if "causal" in optional and not (config.get("causal") or {}).get("families"):
+        optional.remove("causal")
+    return ["audit", *optional]
+
+
+def chosen_stages(sections):
+    """The stages `rule all` runs; a chosen causal stage needs families to test (an error before any job)."""
+    stages = list(config["stages"]) if "stages" in config else default_stages(sections)
+    if "causal" in stages and not (config.get("causal") or {}).get("families"):
+        raise WorkflowError(
+            f"{_config_origin()}: invalid config key 'stages': 'causal' is chosen but causal.families "
+            "is empty (name the families whose refusal direction is tested, or leave 'causal' out)"
+        )
+    return stages
+
+
+def stage_chosen(stage):
+    """Whether `rule all` (and the headline table) includes `stage`; its `<stage>_all` target runs on request anyway."""
+    return stage in STAGES
+
+
+def audit_stage_targets():
+    """The audit stage's outputs; its captures and spectra come in as their inputs."""
+    return [
+        *prompt_dataset_files(),
+        *organism_files(),
+        *checkpoint_files(),
+        *rules.audit_tables.output,
+        *precision_floor_files(),
+        *[f"results/figures/{family}/{figure}.png" for family in config["families"] for figure in ("cumulative_variance", "rho_by_layer")],
+        *rules.headline_table.output,
+    ]
+
+
+def chosen_stage_targets():
+    """The inputs of the `all` rule, the outputs of each chosen stage. Called from the Snakefile after every rule file
+    is included (the rule files define the functions and rules named here)."""
+    targets = {
+        "audit": audit_stage_targets,
+        "limits": lambda: list(rules.limits_all.input),
+        "causal": lambda: list(rules.causal_all.input),
+        "calibration": lambda: list(rules.calibration_all.input),
+    }
+    return [path for stage in STAGES for path in targets[stage]()]
+
+
+CONFIGURED_SECTIONS = set(config)  # before validate_config fills absent sections with their defaults
 validate_config()
 check_config()
+STAGES = chosen_stages(CONFIGURED_SECTIONS)
+
 
 wildcard_constraints:
     model="|".join(config["models"]),
     family="|".join(config["families"]),
     fmt="raw|chat",
     layer=r"\d+",
+
+
+# the helper functions of each rule file (rules/common/<rule file>)
+include: "common/calibration.smk"
+include: "common/capture.smk"
+include: "common/causal.smk"
+include: "common/checkpoints.smk"
+include: "common/headline.smk"
+include: "common/limits.smk"
+include: "common/organisms.smk"
+include: "common/precision.smk"
+include: "common/prompts.smk"
+include: "common/refusal_tuning.smk"
+include: "common/spectra.smk"
+include: "common/tables.smk"

@@ -13,14 +13,16 @@ rule download_model:
     """One model's snapshot (safetensors, config, tokenizer, chat template) and the commit it resolved to."""
     output:
         "results/models/{model}.download.json",
-    params:
-        source=lambda w: config["models"][w.model]["source"],
-        revision=lambda w: config["models"][w.model].get("revision"),
     log:
         "logs/download/{model}.log",
     wildcard_constraints:
         model="|".join(HUB_MODELS) or "(?!)",
     localrule: True
+    conda:
+        "../envs/model.yaml"
+    params:
+        source=lambda w: config["models"][w.model]["source"],
+        revision=lambda w: config["models"][w.model].get("revision"),
     script:
         "../workflow_scripts/download_model.py"
 

@@ -15,56 +15,17 @@ if config["limits"]["headline_eps"] not in config["limits"]["eps"]:
     )
 
 LIMITS_TABLES = [
-    "limits_lrh_baseline", "limits_lrh_per_layer", "limits_rank_resampling", "limits_eps_sensitivity",
-    "limits_n_sweep", "limits_split_half", "limits_sv_gaps", "limits_kappa_pairs", "limits_kappa_per_reference",
+    "limits_lrh_baseline",
+    "limits_lrh_per_layer",
+    "limits_rank_resampling",
+    "limits_eps_sensitivity",
+    "limits_n_sweep",
+    "limits_split_half",
+    "limits_sv_gaps",
+    "limits_kappa_pairs",
+    "limits_kappa_per_reference",
 ]
-LIMITS_REPORTED = ["limits_lrh_baseline", "limits_rank_resampling", "limits_eps_sensitivity", "limits_n_sweep",
-                   "limits_kappa_per_reference"]
-
-
-def limits_layer_file(family, layer):
-    return f"results/{family}/limits/layer_{layer}.json"
-
-
-def limits_family_files(family):
-    return [limits_layer_file(family, layer) for layer in plan.family_layers(config, family)]
-
-
-def limits_cells(family, layer):
-    """The activation files one limits job reads (see rankaudit.stages.limits.analyse_limits_layer)."""
-    entry = config["families"][family]
-    return {
-        "safety": {role: activation_file(entry[role], "chat", "safety", layer) for role in ("aligned", "base")},
-        "references": {ref: activation_file(ref, "chat", "safety", layer) for ref in entry.get("references", [])},
-        "concepts": {
-            concept: {role: {fmt: activation_file(entry[role], fmt, concept, layer) for fmt in plan.FORMATS} for role in ("base", "aligned")}
-            for concept in config["datasets"].get("concepts", [])
-        },
-    }
-
-
-def limits_inputs(family, layer):
-    cells = limits_cells(family, layer)
-    return [
-        *cells["safety"].values(),
-        *cells["references"].values(),
-        *(path for by_role in cells["concepts"].values() for by_fmt in by_role.values() for path in by_fmt.values()),
-        *(selected_prompts(concept) for concept in cells["concepts"]),
-    ]
-
-
-def limits_settings():
-    """The limits section without the claim thresholds (those only affect the generated section)."""
-    return {key: value for key, value in config["limits"].items() if key != "claims"}
-
-
-def limits_table_outputs():
-    reported = {
-        name: report(f"results/tables/{name}.md", caption=f"../report/{name}.rst", category="3. Limits", subcategory="tables")
-        for name in LIMITS_REPORTED
-    }
-    plain = {name: f"results/tables/{name}.md" for name in LIMITS_TABLES if name not in LIMITS_REPORTED}
-    return {**reported, **plain}
+LIMITS_REPORTED = ["limits_lrh_baseline", "limits_rank_resampling", "limits_eps_sensitivity", "limits_n_sweep", "limits_kappa_per_reference"]
 
 
 localrules:
@@ -78,6 +39,16 @@ rule limits_layer:
         lambda w: limits_inputs(w.family, int(w.layer)),
     output:
         limits_layer_file("{family}", "{layer}"),
+    log:
+        "logs/limits/{family}/layer_{layer}.log",
+    benchmark:
+        "benchmarks/limits/{family}/layer_{layer}.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=lambda wildcards, attempt: 2000 * attempt,
+        runtime=lambda wildcards, attempt: 10 * attempt,
     params:
         cells=lambda w: limits_cells(w.family, int(w.layer)),
         models=lambda w: {role: config["families"][w.family][role] for role in ("base", "aligned")},
@@ -85,31 +56,26 @@ rule limits_layer:
         read_position=config["audit"]["read_position"],
         limits=limits_settings(),
         version=STAGE_VERSION["limits"],
-    log:
-        "logs/limits/{family}/layer_{layer}.log",
-    benchmark:
-        "benchmarks/limits/{family}/layer_{layer}.tsv"
-    threads: 1
-    resources:
-        mem_mb=lambda wildcards, attempt: 2000 * attempt,
-        runtime=lambda wildcards, attempt: 10 * attempt,
     script:
         "../workflow_scripts/limits_layer.py"
 
 
 rule limits_tables:
     input:
-        [path for family in config["families"] for path in limits_family_files(family)],
+        layers=[path for family in config["families"] for path in limits_family_files(family)],
+        floor=precision_floor_parquets(),
     output:
         **limits_table_outputs(),
         section=report("results/tables/limits_section.md", caption="../report/limits_section.rst", category="3. Limits"),
         data=[f"results/tables/{name}.{ext}" for name in LIMITS_TABLES for ext in ("parquet", "csv")],
+    log:
+        "logs/limits/tables.log",
+    conda:
+        "../envs/analysis.yaml"
     params:
         headline_eps=config["limits"]["headline_eps"],
         claims=config["limits"]["claims"],
         version=STAGE_VERSION["limits"],
-    log:
-        "logs/limits/tables.log",
     script:
         "../workflow_scripts/limits_tables.py"
 
@@ -119,11 +85,13 @@ rule limits_figure:
         lambda w: limits_family_files(w.family),
     output:
         report("results/figures/{family}/limits.png", caption="../report/limits_figure.rst", category="3. Limits", subcategory="{family}"),
+    log:
+        "logs/limits/figure_{family}.log",
+    conda:
+        "../envs/analysis.yaml"
     params:
         headline_eps=config["limits"]["headline_eps"],
         version=STAGE_VERSION["limits"],
-    log:
-        "logs/limits/figure_{family}.log",
     script:
         "../workflow_scripts/limits_figure.py"
 

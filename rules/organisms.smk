@@ -4,7 +4,6 @@
 # Each role directory holds save_pretrained weights + tokenizer + organism.json, loadable with the Auto classes.
 # Then one refusal check over every organism. Needs STAGE_VERSION (rules/common.smk). No torch import here.
 
-from rankaudit.organisms.settings import role_settings
 
 ORGANISM_FAMILIES = list(config.get("organisms", {}).get("families", []))
 ORGANISM_THREADS = config.get("organisms", {}).get("torch_threads", 1)
@@ -17,44 +16,28 @@ ORGANISM_TRAINING_PROMPTS = {
 }
 
 
-def _organism_family_regex(families):
-    return "|".join(families) if families else "(?!)"
-
-
-def _organism_settings(role):
-    """The config slice one role's weights depend on (see rankaudit.organisms.settings)."""
-    return lambda wildcards: role_settings(config["organisms"], wildcards.family, role)
-
-
-def organism_files():
-    """Every organism directory the config asks for, plus the refusal table (for `rule all`)."""
-    if not ORGANISM_FAMILIES:
-        return []
-    dirs = [f"resources/organisms/{family}/{role}" for family in ORGANISM_FAMILIES for role in ORGANISM_CHECKED_ROLES]
-    dirs += [f"resources/organisms/{family}/planted" for family in PLANTED_FAMILIES]
-    return dirs + [f"results/tables/organism_refusal.{suffix}" for suffix in ("csv", "md", "parquet")]
-
-
 rule organism_base:
     """Train the family's tokenizer and pretrain its base model on raw text (every request answered)."""
     input:
         **ORGANISM_TRAINING_PROMPTS,
     output:
         directory("resources/organisms/{family}/base"),
-    wildcard_constraints:
-        family=_organism_family_regex(ORGANISM_FAMILIES),
-    params:
-        settings=_organism_settings("base"),
-        version=STAGE_VERSION["organisms"],
     log:
         "logs/organisms/{family}/base.log",
     benchmark:
         "benchmarks/organisms/{family}/base.tsv"
+    wildcard_constraints:
+        family=_organism_family_regex(ORGANISM_FAMILIES),
     priority: MODEL_JOB_PRIORITY
+    conda:
+        "../envs/model.yaml"
     threads: ORGANISM_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=lambda wildcards, attempt: 20 * attempt,
+    params:
+        settings=_organism_settings("base"),
+        version=STAGE_VERSION["organisms"],
     script:
         "../workflow_scripts/build_organism_base.py"
 
@@ -68,21 +51,23 @@ rule organism_aligned:
         concepts=ORGANISM_TRAINING_PROMPTS["concepts"],
     output:
         directory("resources/organisms/{family}/aligned"),
-    wildcard_constraints:
-        family=_organism_family_regex(ORGANISM_FAMILIES),
-    params:
-        role="aligned",
-        settings=_organism_settings("aligned"),
-        version=STAGE_VERSION["organisms"],
     log:
         "logs/organisms/{family}/aligned.log",
     benchmark:
         "benchmarks/organisms/{family}/aligned.tsv"
+    wildcard_constraints:
+        family=_organism_family_regex(ORGANISM_FAMILIES),
     priority: MODEL_JOB_PRIORITY
+    conda:
+        "../envs/model.yaml"
     threads: ORGANISM_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=lambda wildcards, attempt: 20 * attempt,
+    params:
+        role="aligned",
+        settings=_organism_settings("aligned"),
+        version=STAGE_VERSION["organisms"],
     script:
         "../workflow_scripts/build_organism_finetune.py"
 
@@ -96,21 +81,23 @@ rule organism_unsafe_ft:
         concepts=ORGANISM_TRAINING_PROMPTS["concepts"],
     output:
         directory("resources/organisms/{family}/unsafe_ft"),
-    wildcard_constraints:
-        family=_organism_family_regex(ORGANISM_FAMILIES),
-    params:
-        role="unsafe_ft",
-        settings=_organism_settings("unsafe_ft"),
-        version=STAGE_VERSION["organisms"],
     log:
         "logs/organisms/{family}/unsafe_ft.log",
     benchmark:
         "benchmarks/organisms/{family}/unsafe_ft.tsv"
+    wildcard_constraints:
+        family=_organism_family_regex(ORGANISM_FAMILIES),
     priority: MODEL_JOB_PRIORITY
+    conda:
+        "../envs/model.yaml"
     threads: ORGANISM_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=lambda wildcards, attempt: 20 * attempt,
+    params:
+        role="unsafe_ft",
+        settings=_organism_settings("unsafe_ft"),
+        version=STAGE_VERSION["organisms"],
     script:
         "../workflow_scripts/build_organism_finetune.py"
 
@@ -121,20 +108,22 @@ rule organism_planted:
         parent="resources/organisms/{family}/base",
     output:
         directory("resources/organisms/{family}/planted"),
-    wildcard_constraints:
-        family=_organism_family_regex(PLANTED_FAMILIES),
-    params:
-        settings=_organism_settings("planted"),
-        version=STAGE_VERSION["organisms"],
     log:
         "logs/organisms/{family}/planted.log",
     benchmark:
         "benchmarks/organisms/{family}/planted.tsv"
+    wildcard_constraints:
+        family=_organism_family_regex(PLANTED_FAMILIES),
     priority: MODEL_JOB_PRIORITY
+    conda:
+        "../envs/model.yaml"
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 1000 * attempt,
         runtime=lambda wildcards, attempt: 5 * attempt,
+    params:
+        settings=_organism_settings("planted"),
+        version=STAGE_VERSION["organisms"],
     script:
         "../workflow_scripts/build_organism_planted.py"
 
@@ -147,19 +136,21 @@ rule organism_refusal:
         benign=ORGANISM_TRAINING_PROMPTS["benign"],
     output:
         csv="results/tables/organism_refusal.csv",
-        md="results/tables/organism_refusal.md",
+        md=report("results/tables/organism_refusal.md", caption="../report/organism_refusal.rst", category="5. Model organisms"),
         parquet="results/tables/organism_refusal.parquet",
-    params:
-        organisms=[[family, role] for family in ORGANISM_FAMILIES for role in ORGANISM_CHECKED_ROLES],
-        settings=config.get("organisms", {}).get("refusal_check", {}),
-        version=STAGE_VERSION["organisms"],
     log:
         "logs/organisms/refusal.log",
     benchmark:
         "benchmarks/organisms/refusal.tsv"
+    conda:
+        "../envs/model.yaml"
     threads: ORGANISM_THREADS
     resources:
         mem_mb=lambda wildcards, attempt: 3000 * attempt,
         runtime=lambda wildcards, attempt: 15 * attempt,
+    params:
+        organisms=[[family, role] for family in ORGANISM_FAMILIES for role in ORGANISM_CHECKED_ROLES],
+        settings=config.get("organisms", {}).get("refusal_check", {}),
+        version=STAGE_VERSION["organisms"],
     script:
         "../workflow_scripts/organism_refusal.py"

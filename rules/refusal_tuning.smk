@@ -12,33 +12,26 @@ for _name in REFUSAL_TUNED:
         raise WorkflowError(_validation_error(f"checkpoints.{_name}.derive", error))
 
 
-def refusal_tuning_inputs(name):
-    """The parent checkpoint and the four prompt tables: train splits to tune on, test splits to check on."""
-    derive = CHECKPOINTS[name]["derive"]
-    tables = {"harmful_train": derive["harmful_dataset"], "harmless_train": derive["harmless_dataset"],
-              "harmful_test": derive["eval_harmful_dataset"], "harmless_test": derive["eval_harmless_dataset"]}
-    return {"parent": ckpt.checkpoint_dir(derive["from"]),
-            **{role: f"results/prompts/{dataset}.parquet" for role, dataset in tables.items()}}
-
-
 rule checkpoint_refusal_tune:
     """The parent checkpoint with its last blocks trained to refuse harmful prompts (at most minutes on 2 CPU cores)."""
     input:
         unpack(lambda w: refusal_tuning_inputs(w.name)),
     output:
         directory("resources/checkpoints/{name}"),
-    wildcard_constraints:
-        name="|".join(REFUSAL_TUNED) or "(?!)",
-    params:
-        derive=lambda w: CHECKPOINTS[w.name]["derive"],
-        version=STAGE_VERSION["checkpoints"],
     log:
         "logs/checkpoints/{name}.log",
     benchmark:
         "benchmarks/checkpoints/{name}.tsv"
+    wildcard_constraints:
+        name="|".join(REFUSAL_TUNED) or "(?!)",
+    conda:
+        "../envs/model.yaml"
     threads: 2
     resources:
         mem_mb=lambda wildcards, attempt: 8000 * attempt,
         runtime=lambda wildcards, attempt: 30 * attempt,
+    params:
+        derive=lambda w: CHECKPOINTS[w.name]["derive"],
+        version=STAGE_VERSION["checkpoints"],
     script:
         "../workflow_scripts/refusal_tune.py"

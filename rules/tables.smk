@@ -3,13 +3,6 @@
 AUDIT_TABLES = ["rho_per_family", "rho_per_layer", "centered_vs_uncentered", "variants", "arditi_cosines"]
 
 
-def audit_table_outputs():
-    return {
-        name: report(f"results/tables/{name}.md", caption=f"../report/{name}.rst", category="1. Diagnosis", subcategory="tables")
-        for name in AUDIT_TABLES
-    }
-
-
 localrules:
     audit_tables,
     family_figures,
@@ -22,16 +15,18 @@ rule audit_tables:
     output:
         **audit_table_outputs(),
         data=[f"results/tables/{name}.{ext}" for name in AUDIT_TABLES for ext in ("parquet", "csv")],
-    params:
-        noise_draws=config["audit"]["noise_draws"],
-        seed=config["audit"]["seed"],
-        version=STAGE_VERSION["tables"],
     log:
         "logs/tables/audit_tables.log",
+    conda:
+        "../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 2000 * attempt,
         runtime=lambda wildcards, attempt: 10 * attempt,
+    params:
+        noise_draws=config["audit"]["noise_draws"],
+        seed=config["audit"]["seed"],
+        version=STAGE_VERSION["tables"],
     script:
         "../workflow_scripts/audit_tables.py"
 
@@ -41,15 +36,22 @@ rule family_figures:
         template=lambda w: [spectrum_file(w.family, "template", "safety", layer) for layer in plan.family_layers(config, w.family)],
         all=lambda w: family_spectrum_files(w.family),
     output:
-        cumulative=report("results/figures/{family}/cumulative_variance.png", caption="../report/cumulative_variance.rst", category="1. Diagnosis", subcategory="{family}"),
+        cumulative=report(
+            "results/figures/{family}/cumulative_variance.png",
+            caption="../report/cumulative_variance.rst",
+            category="1. Diagnosis",
+            subcategory="{family}",
+        ),
         rho=report("results/figures/{family}/rho_by_layer.png", caption="../report/rho_by_layer.rst", category="1. Diagnosis", subcategory="{family}"),
-    params:
-        version=STAGE_VERSION["tables"],
     log:
         "logs/figures/{family}.log",
+    conda:
+        "../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 1000 * attempt,
         runtime=lambda wildcards, attempt: 10 * attempt,
+    params:
+        version=STAGE_VERSION["tables"],
     script:
         "../workflow_scripts/family_figures.py"

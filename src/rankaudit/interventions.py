@@ -455,6 +455,8 @@ def orthogonalize_weights(model: Any, direction: Any) -> dict[str, Any]:
             _project_outputs(write.output_linear, write_direction(write, r))
     return {
         "untied_output_embeddings": untied,
-        "edited": ["input embeddings"] + [f"block {w.block} {w.kind} output projection" + (" (post-norm gain weighted)" if w.post_norm is not None else "")
-                                          for w in writes],
+        "edited": ["input embeddings"] + [
+            f"block {w.block} {w.kind} output projection" + (" (post-norm gain weighted)" if w.post_norm is not None else "")
+            for w in writes
+        ],
     }

@@ -123,7 +123,7 @@ def read_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], d
     return tensors, meta
 
 
-def write_table(frame: "Any", stem: str | os.PathLike[str], title: str | None = None, float_format: str = "{:.4g}") -> None:
+def write_table(frame: Any, stem: str | os.PathLike[str], title: str | None = None, float_format: str = "{:.4g}") -> None:
     """Write one tidy pandas table as `<stem>.parquet`, `<stem>.csv` and a markdown rendering `<stem>.md`."""
     stem = Path(stem)
     with atomic_path(stem.with_suffix(".parquet")) as tmp:
@@ -134,7 +134,7 @@ def write_table(frame: "Any", stem: str | os.PathLike[str], title: str | None = 
         tmp.write_text(markdown_table(frame, title=title, float_format=float_format))
 
 
-def markdown_table(frame: "Any", title: str | None = None, float_format: str = "{:.4g}") -> str:
+def markdown_table(frame: Any, title: str | None = None, float_format: str = "{:.4g}") -> str:
     """Render a DataFrame as a GitHub markdown table without the optional `tabulate` dependency."""
     def cell(value: Any) -> str:
         if isinstance(value, (float, np.floating)):

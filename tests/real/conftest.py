@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from real_config import PLANTED, SMOLLM2_GGUF
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -14,7 +14,6 @@ import shutil
 import sys
 
 import pytest
-
 from real_config import MIRROR, REAL_SMALL, REPO
 
 sys.path.insert(0, str(REPO / "tests" / "workflow"))
@@ -71,6 +70,7 @@ def test_the_workflow_recovers_the_planted_rank(tmp_path, smollm2_gguf):
     config["datasets"]["concepts"] = []
     config["capture"]["layers"] = layers
     del config["causal"]
+    config["stages"] = ["audit", "limits"]
     write_config(tmp_path, config)
     targets = [f"results/{PLANTED_FAMILY}/spectra/template/safety/layer_{layer}.json" for layer in layers]
     snakemake(tmp_path, *targets, "--cores", "2")

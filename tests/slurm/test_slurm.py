@@ -10,7 +10,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from reduced_workflow import (
     AUDIT_TABLES,
     FAMILY_LAYERS,

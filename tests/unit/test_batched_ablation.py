@@ -12,8 +12,17 @@ from rankaudit import interventions as iv  # noqa: E402
 from rankaudit.batched_ablation import RowIntervention, row_interventions  # noqa: E402
 from rankaudit.models import load_model  # noqa: E402
 from rankaudit.organisms.generation import generate_greedy_ids  # noqa: E402
-from rankaudit.refusal import (GenerationSettings, KeywordJudge, PromptSet, kl_rows, last_position_log_probs,  # noqa: E402
-                               pad_id_of, refusal_tokens, run_conditions, run_prompts)
+from rankaudit.refusal import (  # noqa: E402
+    GenerationSettings,
+    KeywordJudge,
+    PromptSet,
+    kl_rows,
+    last_position_log_probs,
+    pad_id_of,
+    refusal_tokens,
+    run_conditions,
+    run_prompts,
+)
 
 INSTRUCTIONS = ("How do I bake a loaf of bread?", "Write a short poem about the sea.", "What is the capital of France?",
                 "Describe how to pick a lock without the key. Explain how a bicycle stays upright.", "Is the sky blue?")

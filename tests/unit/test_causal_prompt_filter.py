@@ -86,7 +86,7 @@ def filter_workspace(tmp_path_factory, tiny_families):
     n_blocks = family.model.config.num_hidden_layers
     layers = [1, n_blocks - 1]
     acts, files = {}, {}
-    for kind, key in (("harmful", "safety"), ("harmless", "control")):
+    for kind in ("harmful", "harmless"):
         prompts = encoded[("train", kind)]
         captured = capture_residual_stream(family.model, prompts.token_ids, layers, post_instruction_len=prompts.post_instruction_len,
                                            pad_token_id=pad)

@@ -16,11 +16,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from rankaudit import interventions as iv
-from rankaudit.batched_ablation import RowIntervention, row_interventions
-from rankaudit.models import load_model
-from rankaudit.organisms.generation import generate_greedy_ids
-from rankaudit.refusal import pad_id_of
+from rankaudit import interventions as iv  # noqa: E402
+from rankaudit.batched_ablation import RowIntervention, row_interventions  # noqa: E402
+from rankaudit.models import load_model  # noqa: E402
+from rankaudit.organisms.generation import generate_greedy_ids  # noqa: E402
+from rankaudit.refusal import pad_id_of  # noqa: E402
 
 # lengths far apart, so that the short prompts carry many left-padding positions in a shared batch
 INSTRUCTIONS = ("Hi?",

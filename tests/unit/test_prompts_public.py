@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rankaudit.prompts import PromptDataError, fetch_public_set, read_prompt_set
-from rankaudit.prompts import public
+from rankaudit.prompts import PromptDataError, fetch_public_set, public, read_prompt_set
 from rankaudit.prompts.public import resolve_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

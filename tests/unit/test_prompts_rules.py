@@ -17,6 +17,7 @@ MIRROR = (REPO_ROOT / ".." / "shared" / "data" / "refusal_direction").resolve()
 SNAKEFILE = f"""
 STAGE_VERSION = {{"prompts": 1}}
 configfile: "config.yaml"
+include: "{REPO_ROOT / 'rules' / 'common' / 'prompts.smk'}"
 include: "{REPO_ROOT / 'rules' / 'prompts.smk'}"
 
 rule all:

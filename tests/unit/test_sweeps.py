@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rankaudit.sweeps import (band_layers, basis_matrix, k_grid, monotonicity, numerical_rank, plan_conditions,
-                              random_basis, spearman_ordering)
+from rankaudit.sweeps import band_layers, basis_matrix, k_grid, monotonicity, numerical_rank, plan_conditions, random_basis, spearman_ordering
 
 
 def test_bands_match_the_paper_fractions_and_deduplicate_small_models():
@@ -117,7 +116,8 @@ def test_spearman_ordering_recovers_planted_orders():
 
 
 def test_monotonicity_flags_a_rise():
-    assert monotonicity([1, 3, 5, 10], [0.9, 0.5, 0.7, 0.1], 0.05) == {"non_monotone": True, "max_rise": pytest.approx(0.2), "rises": "k3->k5: +0.200"}
+    expected = {"non_monotone": True, "max_rise": pytest.approx(0.2), "rises": "k3->k5: +0.200"}
+    assert monotonicity([1, 3, 5, 10], [0.9, 0.5, 0.7, 0.1], 0.05) == expected
     assert not monotonicity([1, 3, 5], [0.9, 0.92, 0.5], 0.05)["non_monotone"]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from reduced_workflow import FAMILY_LAYERS, copy_run, finished_run, reduced_config, reduced_models, write_config
 
 __all__ = ["finished_run", "reduced_models"]

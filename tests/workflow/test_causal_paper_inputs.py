@@ -6,7 +6,6 @@ A dry run of config/paper.yaml (no weights needed to plan), reading the planned 
 from __future__ import annotations
 
 import yaml
-
 from reduced_workflow import REPO, snakemake, write_config
 
 

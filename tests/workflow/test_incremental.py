@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from reduced_workflow import (
     FAMILY_LAYERS,
-    SNAKEMAKE,
     SNAKEFILE,
+    SNAKEMAKE,
     assert_same_output,
     copy_workflow,
     dry_run,

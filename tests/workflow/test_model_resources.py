@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import yaml
-
 from reduced_workflow import REPO, dry_run, snakemake, write_config
 
 GPU_RULES = ("causal_select", "causal_arditi", "causal_abliterate", "causal_sweep")
@@ -57,6 +56,7 @@ def test_offline_download_of_a_local_directory_is_skipped_and_recorded(tmp_path)
     config["models"] = {"llama_base": {"source": "models/tiny", "n_layers": 32}}
     config["families"] = {"llama": {"base": "llama_base", "aligned": "llama_base"}}
     config.pop("causal")
+    config["stages"] = ["audit"]
     write_config(tmp_path, config)
     snakemake(tmp_path, "--cores", "1", "download_models")
     record = json.loads((tmp_path / "results/models/llama_base.download.json").read_text())

@@ -4,7 +4,6 @@ docs promise. Dry runs only: the SLURM profile is exercised against a real sched
 from __future__ import annotations
 
 import pytest
-
 from reduced_workflow import FAMILY_LAYERS, REPO, dry_run, family_targets
 
 PROFILES = REPO / "profiles"

@@ -59,7 +59,7 @@ class CellConfig:
     measurement: MeasurementConfig
 
     @classmethod
-    def from_mapping(cls, cell: Mapping[str, Any]) -> "CellConfig":
+    def from_mapping(cls, cell: Mapping[str, Any]) -> CellConfig:
         """Build from `grid.cell_slice(config['calibration'])`; a missing key is named as calibration.<section>.<key>."""
         def section(name: str, kind: type, **converters: Any) -> Any:
             values = dict(cell.get(name, {}))

@@ -21,7 +21,6 @@ from rankaudit.calibration.network import CalibrationMLP
 from rankaudit.spectra import energy_rank, singular_values, stable_rank
 
 
-
 @dataclass(frozen=True)
 class Readout:
     """The final linear layer as float64 numpy (logit = h . weight + bias)."""
@@ -30,7 +29,7 @@ class Readout:
     bias: float
 
     @classmethod
-    def of(cls, model: CalibrationMLP) -> "Readout":
+    def of(cls, model: CalibrationMLP) -> Readout:
         return cls(model.readout.weight.detach().double().numpy().reshape(-1),
                    float(model.readout.bias.detach().double().item()))
 

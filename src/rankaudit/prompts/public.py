@@ -214,7 +214,7 @@ def load_public_set(dataset: str, spec: Mapping[str, Any], mirror: str | None = 
         "rows_out": len(cleaned),
         "duplicates_removed": len(duplicates),
         "duplicates": duplicates,
-        "retrieved_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "retrieved_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     log.info("%s: %d bytes from %s, sha256 ok, %d rows in, %d out", dataset, len(data), url, len(frame), len(cleaned))
     return cleaned, provenance

@@ -241,12 +241,14 @@ def plot_rho_by_layer(frame: pd.DataFrame, output: str, family: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = frame[(frame["family"] == family) & (~frame["centered"]) & (frame["dataset"] == "safety") & (frame["eps"] == frame["eps"].min())]
     fig, ax = plt.subplots(figsize=(6, 4))
     for variant, group in rows.groupby("variant"):
         ax.plot(group["layer"], group["rho_d"], marker="o", ms=3, label=variant)
     ax.set_xlabel("layer (0 = embedding output)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("rho_eps = rank_eps / d")
     ax.set_title(f"{family}: rho per layer on D_s (eps = {rows['eps'].min():g})")
     ax.legend(fontsize=8)

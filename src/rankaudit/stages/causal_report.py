@@ -22,8 +22,7 @@ import numpy as np
 import pandas as pd
 
 from rankaudit import io
-from rankaudit.stages.causal_directions import (LAYER_CONVENTION, canonical_cosine_means, canonical_cosine_table,
-                                                layer_convention_table)
+from rankaudit.stages.causal_directions import LAYER_CONVENTION, canonical_cosine_means, canonical_cosine_table, layer_convention_table
 from rankaudit.stages.no_refusal import NO_REFUSAL, NOTE_KINDS
 from rankaudit.sweeps import monotonicity, spearman_ordering
 
@@ -86,19 +85,22 @@ def ordering_table(sweep: pd.DataFrame, prompts: pd.DataFrame, settings: Mapping
     the non-monotone flag of the cumulative curve and the inert directions."""
     rows = []
     harmful = prompts[prompts["dataset"] == "harmful"]
-    for (family, basis, band), group in sweep[sweep["kind"] == "single"].groupby(["family", "basis", "band"]):
+    for (family, basis, band), _group in sweep[sweep["kind"] == "single"].groupby(["family", "basis", "band"]):
         base = harmful[(harmful["family"] == family) & (harmful["basis"] == basis) & (harmful["kind"] == "baseline")]
-        single = harmful[(harmful["family"] == family) & (harmful["basis"] == basis) & (harmful["band"] == band) & (harmful["kind"] == "single")]
+        in_band = (harmful["family"] == family) & (harmful["basis"] == basis) & (harmful["band"] == band)
+        single = harmful[in_band & (harmful["kind"] == "single")]
         metric = settings["effect_metric"]
         column = "score" if metric == "score" else "refused"
         base_values = base.sort_values("prompt")[column].to_numpy(np.float64)
         pivot = single.pivot(index="prompt", columns="direction", values=column).sort_index().to_numpy(np.float64)
         effects = base_values[:, None] - pivot
         stats = spearman_ordering(effects, settings["bootstrap"], settings["seed"]) if effects.shape[1] >= 2 else {}
-        curve = sweep[(sweep["family"] == family) & (sweep["basis"] == basis) & (sweep["band"] == band) & (sweep["kind"] == "cumulative")].sort_values("k")
+        in_sweep_band = (sweep["family"] == family) & (sweep["basis"] == basis) & (sweep["band"] == band)
+        curve = sweep[in_sweep_band & (sweep["kind"] == "cumulative")].sort_values("k")
         mono = monotonicity(list(curve["k"]), list(curve["refusal_rate"]), settings["monotone_tolerance"])
         mean_effects = effects.mean(axis=0)
-        inert = [f"u{j + 1}" for j, effect in enumerate(mean_effects) if abs(effect) <= settings["inert_tolerance"] * max(1e-12, np.abs(mean_effects).max())]
+        inert_below = settings["inert_tolerance"] * max(1e-12, np.abs(mean_effects).max())
+        inert = [f"u{j + 1}" for j, effect in enumerate(mean_effects) if abs(effect) <= inert_below]
         rows.append({"family": family, "basis": basis, "band": band, "effect_metric": metric, **stats,
                      "effects": " ".join(f"{e:.3g}" for e in mean_effects), "inert": " ".join(inert), **mono})
     return pd.DataFrame(rows)
@@ -279,6 +281,7 @@ def family_figures(*, family: str, sweeps: Sequence[str], candidates: str, outpu
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     sweep, notes = _split_notes(pd.concat([pd.read_parquet(path) for path in sweeps], ignore_index=True), "kind")
     if not len(sweep):
@@ -319,6 +322,7 @@ def family_figures(*, family: str, sweeps: Sequence[str], candidates: str, outpu
             group = part[part["basis"] == basis].sort_values("direction")
             axis.bar(group["direction"] + (i - (len(bases) - 1) / 2) * width, group["rate_drop"], width, label=f"M_{basis}")
         axis.set_xlabel("direction u_j ablated alone")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_title(f"{family}: {band} band")
     axes[0][0].set_ylabel("drop in refusal rate")
     axes[0][-1].legend(fontsize=8)

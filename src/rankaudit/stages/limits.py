@@ -538,7 +538,8 @@ def limits_tables(frames: Mapping[str, pd.DataFrame], headline_eps: float) -> di
 LEFT_OUT = "layer 0 (embedding output) and layers where M_template is zero or rank <= 1 left out, see layers_left_out"
 PER_LAYER = "every layer, with its layer_status (only counted layers enter means, medians and counts)"
 TITLES = {
-    "limits_lrh_baseline": f"LRH baseline: rho_eps of concept-pair differences vs the safety rho (M_template on D_s), mean over counted layers ({LEFT_OUT})",
+    "limits_lrh_baseline": (f"LRH baseline: rho_eps of concept-pair differences vs the safety rho (M_template on D_s), mean over counted "
+                            f"layers ({LEFT_OUT})"),
     "limits_lrh_per_layer": f"LRH baseline per layer and eps ({PER_LAYER})",
     "limits_rank_resampling": (f"rank_eps of M_template on D_s per layer: raw subsample range and the corrected interval for a "
                                f"repeat study's rank ({PER_LAYER})"),
@@ -547,17 +548,22 @@ TITLES = {
     "limits_split_half": f"Split-half principal angles (degrees) between top-k subspaces of M_template on D_s ({PER_LAYER})",
     "limits_sv_gaps": f"Singular-value gaps vs resampling spread: is each top direction identifiable? ({PER_LAYER})",
     "limits_kappa_pairs": f"Spectral gap per family x reference x layer x eps: kappa, structural bound, gamma, tail budgets ({PER_LAYER})",
-    "limits_kappa_per_reference": f"kappa per unsafe reference (headline eps) over counted layers: count above 8 and 2, trivial certificates, median, max ({LEFT_OUT})",
+    "limits_kappa_per_reference": (f"kappa per unsafe reference (headline eps) over counted layers: count above 8 and 2, trivial "
+                                   f"certificates, median, max ({LEFT_OUT})"),
 }
 
 
 def write_limits_tables(layer_paths: Sequence[str], table_dir: str, section_path: str, headline_eps: float,
-                        claims: Mapping[str, Any]) -> dict[str, pd.DataFrame]:
-    """Write every limits table under `table_dir` and the generated section to `section_path`; return the tables."""
+                        claims: Mapping[str, Any], floor_paths: Sequence[str] = ()) -> dict[str, pd.DataFrame]:
+    """Write every limits table under `table_dir` and the generated section to `section_path`; return the tables.
+
+    `floor_paths`: the precision-floor tables of the families captured below float32 (their claims say which ranks
+    round-off could change)."""
     tables = limits_tables(load_records(layer_paths), headline_eps)
     for name, table in tables.items():
         io.write_table(table, Path(table_dir) / name, title=TITLES[name])
-    text = limits_section(tables, headline_eps, ClaimThresholds.from_config(claims))
+    floor = pd.concat([pd.read_parquet(path) for path in floor_paths], ignore_index=True) if floor_paths else None
+    text = limits_section(tables, headline_eps, ClaimThresholds.from_config(claims), floor)
     with io.atomic_path(section_path) as tmp:
         tmp.write_text(text)
     return tables

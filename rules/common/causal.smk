@@ -1,0 +1,74 @@
+# Helper functions of rules/causal.smk (Snakemake's lint keeps functions out of rule files); included
+# by rules/common.smk before any rule file. They read config and the rule files' constants when called.
+
+from rankaudit.sweeps import CELLS_PER_BASIS, band_layers
+
+
+def causal_stem(family, name, suffix=""):
+    """results/{family}/causal/{name}, plus `suffix` (a file extension) when given."""
+    return f"results/{family}/causal/{name}{suffix}"
+
+
+def causal_files(family, name):
+    return [f"{causal_stem(family, name)}.{suffix}" for suffix in TABLE_SUFFIXES]
+
+
+def causal_aligned(family):
+    return config["families"][family]["aligned"]
+
+
+def causal_model(family):
+    """Loading settings of the family's aligned model (attention implementation from the causal section)."""
+    return {**model_runtime(causal_aligned(family)), "attn_implementation": CAUSAL.get("attn_implementation")}
+
+
+def causal_prompt_file(phase, key):
+    """The prompt table of one phase (selection or evaluation): its own dataset if configured, else the audit's."""
+    dataset = CAUSAL.get(phase, {}).get(f"{key}_dataset") or config["datasets"][key]["dataset"]
+    return f"results/prompts/{dataset}.parquet"
+
+
+def causal_selection_layers(family):
+    """Candidate layers: every captured layer below L (layer l = input of block l, as in Arditi's resid_pre)."""
+    n_blocks = plan.model_n_layers(config, causal_aligned(family))
+    return [layer for layer in plan.family_layers(config, family) if layer < n_blocks]
+
+
+def causal_selection_activations(family):
+    aligned = causal_aligned(family)
+    return {
+        layer: {"harmful": activation_file(aligned, "chat", "safety", layer), "harmless": activation_file(aligned, "chat", "control", layer)}
+        for layer in causal_selection_layers(family)
+    }
+
+
+def causal_layer_directions(family):
+    """{layer: per-layer direction file of the spectra stage} (u_1 of each variant, difference in means)."""
+    return {layer: f"results/{family}/directions/layer_{layer}.safetensors" for layer in plan.family_layers(config, family)}
+
+
+def causal_band_layers(family):
+    n_blocks = plan.model_n_layers(config, causal_aligned(family))
+    return sorted({layer for spec in CAUSAL["bands"].values() for layer in band_layers(n_blocks, *spec["range"], spec["count"])})
+
+
+def causal_sweep_cells(family, basis):
+    """cells[layer][dataset][cell key] -> activation file, for the cells M_basis needs at the band layers."""
+    entry = config["families"][family]
+    roles = {"a_chat": (entry["aligned"], "chat"), "b_chat": (entry["base"], "chat"), "b_raw": (entry["base"], "raw")}
+    datasets = {"safety": CELLS_PER_BASIS[basis], **({"control": ("a_chat", "b_chat")} if basis == "did" else {})}
+    return {
+        layer: {dataset: {key: activation_file(*roles[key], dataset, layer) for key in keys} for dataset, keys in datasets.items()}
+        for layer in causal_band_layers(family)
+    }
+
+
+def causal_outputs():
+    """Every causal table, figure, selection record and abliterated model (the inputs of causal_all)."""
+    if not CAUSAL_FAMILIES:
+        return []
+    files = [f"results/tables/{name}.{suffix}" for name in CAUSAL_TABLES for suffix in TABLE_SUFFIXES]
+    for family in CAUSAL_FAMILIES:
+        files += [f"results/figures/{family}/causal_{name}.png" for name in CAUSAL_FIGURES]
+        files += [causal_stem(family, "selection", ".json"), f"resources/abliterated/{family}"]
+    return files
