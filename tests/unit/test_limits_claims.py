@@ -171,3 +171,9 @@ def test_precision_claim_names_the_layers_whose_rank_is_within_the_floor():
     assert precision_claim(coarse, counted_layers=[1, 3], headline_eps=0.05).endswith(
         "no counted layer's rank is within it (within the floor at other eps: eps = 0.2: 1 layer(s)).")
     assert precision_claim(floor, counted_layers=[7], headline_eps=0.05) is None
+
+
+def test_a_shrinking_rank_is_not_said_to_grow():
+    text = limits_claims.n_sweep_claim(_sweep([10.0, 10.0, 9.0]), THRESHOLDS)
+    assert "does not grow (it changes by -10% per doubling" in text and "levelled off" in text
+    assert "grows only" not in text

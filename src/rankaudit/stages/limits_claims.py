@@ -116,7 +116,9 @@ def n_sweep_claim(rows: pd.DataFrame, thresholds: ClaimThresholds) -> str:
         if not noise_growth > 0:
             return (f"{numbers}; the rank grows {step_text}, but noise itself does not grow over this range (n near or "
                     "above d), so the flat end says nothing.")
-        return f"{numbers}: the rank grows only {step_text}, so it has levelled off with n."
+        change = "grows only" if step >= 0 else "does not grow (it changes by"
+        closing = "" if step >= 0 else ")"
+        return f"{numbers}: the rank {change} {step_text}{closing}, so it has levelled off with n."
     verdict = f"{numbers}: the rank is still growing, {step_text}, so rho at this n is a lower estimate of what more prompts would show"
     if not noise_growth > 0:
         return f"{verdict}."
