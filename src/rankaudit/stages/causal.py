@@ -22,7 +22,7 @@ from rankaudit.batched_ablation import RowIntervention, row_interventions
 from rankaudit.directions import top_directions
 from rankaudit.formats import encode_prompts
 from rankaudit.interventions import direction_ablation, orthogonalize_weights, unit
-from rankaudit.prompts.tables import read_prompt_set, select_prompts
+from rankaudit.prompts.tables import instructions_sha256, read_prompt_set, select_prompts
 from rankaudit.refusal import (
     ConditionOutcome,
     GenerationSettings,
@@ -239,8 +239,6 @@ def _kept(token_ids: Sequence[Sequence[int]], mask: np.ndarray) -> tuple[Sequenc
 
 def _check_rows(path: str, values: np.ndarray, meta: Mapping[str, Any], frame: pd.DataFrame) -> None:
     """The activation rows must be the training prompts, in order, for the filter's mask to pick the right rows."""
-    from rankaudit.prompts.tables import instructions_sha256
-
     if values.shape[0] != len(frame):
         raise ValueError(f"{path}: {values.shape[0]} activation rows but the prompt sample {frame.attrs.get('dataset')} "
                          f"has {len(frame)} prompts; re-run the capture")
