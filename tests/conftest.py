@@ -10,7 +10,10 @@ path-based loaders the workflow uses. Everything is session-scoped: built once p
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,26 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _stub_scontrol_without_cluster() -> None:
+    """Put a `scontrol` that fails at once first on PATH when no test cluster was started (ci/slurm/start.sh).
+
+    Importing the SLURM executor plugin, which every `snakemake` start does, runs `scontrol show config`; with
+    SLURM's client installed and no controller it waits 10 s for a connection each time, which made every workflow
+    test's subprocess 10 s slower. With a started cluster (RANKAUDIT_SLURM_STATE set) the real scontrol answers.
+    """
+    if "RANKAUDIT_SLURM_STATE" in os.environ or os.environ.get("RANKAUDIT_REQUIRE_SLURM") == "1":
+        return
+    stub_dir = Path(tempfile.mkdtemp(prefix="rankaudit-noslurm-"))
+    atexit.register(shutil.rmtree, stub_dir, ignore_errors=True)
+    stub = stub_dir / "scontrol"
+    stub.write_text("#!/bin/sh\necho 'no SLURM controller in this test session' >&2\nexit 1\n")
+    stub.chmod(0o755)
+    os.environ["PATH"] = f"{stub_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+_stub_scontrol_without_cluster()
 
 LLAMA_TEMPLATE = (
     "{{- bos_token }}<|start_header_id|>system<|end_header_id|>\n\n"
