@@ -2,6 +2,8 @@
 # `snakemake --cores 2` runs the offline demo (config/config.yaml); `--configfile config/paper.yaml` the real study.
 from snakemake.utils import min_version
 
+from rankaudit.job_failures import clear_failure_markers
+
 min_version("9.20")
 
 
@@ -23,6 +25,7 @@ report: "report/workflow.rst"
 
 
 include: "rules/common.smk"
+include: "rules/manifests.smk"
 include: "rules/prompts.smk"
 include: "rules/organisms.smk"
 include: "rules/checkpoints.smk"
@@ -36,6 +39,13 @@ include: "rules/causal.smk"
 include: "rules/calibration.smk"
 include: "rules/headline.smk"
 include: "rules/download.smk"
+
+
+# Retries (profiles/slurm) are for out-of-memory and time-outs only: a job that fails with any other error leaves a
+# marker next to its log, so that its retries in this run stop at once; a new run starts without them
+# (rankaudit.job_failures; docs/CLUSTER.md, "Retries").
+onstart:
+    clear_failure_markers("logs")
 
 
 # the outputs of the stages the config chooses (`stages`; rules/common.smk, `chosen_stage_targets`)

@@ -12,7 +12,6 @@ from rankaudit.calibration import grid as calibration_grid
 # `rule all` runs the grid when the calibration stage is chosen (rules/common.smk, `stages`); `calibration_all`
 # runs it on request either way, an absent section at every METHODS 6 default.
 CALIBRATION = config["calibration"]
-calibration_grid.check_grid(CALIBRATION)
 CALIBRATION_CELL = calibration_grid.cell_slice(CALIBRATION)
 CALIBRATION_TABLES = ["cells", "layers", "ablation", "lambda_sweep", "variants", "r_grid", "kappa", "kappa_layers"]
 CALIBRATION_REPORTED = ["lambda_sweep", "variants", "r_grid", "kappa"]

@@ -30,8 +30,9 @@ for _model in plan.captured_models(config):
             f"capture_{_model}"
         input:
             model=model_files(_model),
-            template=model_files(plan.model_template(config, _model)),
+            template=template_files(plan.model_template(config, _model)),
             prompts=[selected_prompts(key) for key in dict.fromkeys(key for _, key in plan.model_cells(config, _model))],
+            prompts_checked=capture_prompt_check(_model),
         output:
             activations=capture_outputs(_model),
             record=f"results/acts/{_model}/capture_record.json",
@@ -49,7 +50,7 @@ for _model in plan.captured_models(config):
             model_name=_model,
             model=model_runtime(_model),
             template_name=plan.model_template(config, _model),
-            template=model_runtime(plan.model_template(config, _model)),
+            template=template_runtime(plan.model_template(config, _model)),
             output_pattern=lambda wildcards, model=_model: activation_file(model, "{fmt}", "{key}", "{layer}"),
             cells=plan.model_cells(config, _model),
             prompt_files={key: selected_prompts(key) for _, key in plan.model_cells(config, _model)},
@@ -57,6 +58,7 @@ for _model in plan.captured_models(config):
             batch_size=config["runtime"]["batch_size"],
             mean_last_k=config["capture"]["mean_last_k"],
             system_prompt=config["capture"]["system_prompt"],
+            special_token_text=config["capture"]["special_token_text"],
             version=STAGE_VERSION["capture"],
         script:
             "../workflow_scripts/capture_activations.py"

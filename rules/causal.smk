@@ -21,9 +21,6 @@ CAUSAL_TABLES = [
     "causal_layer_convention",
 ]
 CAUSAL_FIGURES = ["refusal_vs_k", "per_direction", "selection"]
-# what the model jobs read: the section without the aggregator's settings and the job lists, so that changing
-# the ordering statistics or adding a family never re-runs a GPU job
-CAUSAL_JOB = {key: value for key, value in CAUSAL.items() if key not in ("ordering", "families", "bases")}
 TABLE_SUFFIXES = ("parquet", "csv", "md")
 
 
@@ -42,6 +39,7 @@ rule causal_select:
     (post-instruction position, layer) candidate on validation prompts, filter candidates, pick."""
     input:
         model=lambda w: model_files(causal_aligned(w.family)),
+        prompts_checked=causal_prompt_check("{family}"),
         activations=lambda w: [path for by_kind in causal_selection_activations(w.family).values() for path in by_kind.values()],
         harmful=causal_prompt_file("selection", "safety"),
         harmless=causal_prompt_file("selection", "control"),
@@ -64,8 +62,9 @@ rule causal_select:
     params:
         model=lambda w: causal_model(w.family),
         activations=lambda w: causal_selection_activations(w.family),
-        causal=CAUSAL_JOB,
+        causal=causal_job_settings("select"),
         system_prompt=config["capture"]["system_prompt"],
+        special_token_text=config["capture"]["special_token_text"],
         version=STAGE_VERSION["causal"],
     script:
         "../workflow_scripts/causal_select.py"
@@ -75,6 +74,7 @@ rule causal_arditi:
     """The selected direction ablated at all layers vs random directions, and added at its layer, on held-out prompts."""
     input:
         model=lambda w: model_files(causal_aligned(w.family)),
+        prompts_checked=causal_prompt_check("{family}"),
         record=causal_stem("{family}", "selection", ".json"),
         direction=causal_stem("{family}", "direction", ".safetensors"),
         harmful=causal_prompt_file("evaluation", "safety"),
@@ -94,8 +94,9 @@ rule causal_arditi:
         **model_resources(lambda w: causal_aligned(w.family), mem_mb=16000, minutes=60),
     params:
         model=lambda w: causal_model(w.family),
-        causal=CAUSAL_JOB,
+        causal=causal_job_settings("arditi"),
         system_prompt=config["capture"]["system_prompt"],
+        special_token_text=config["capture"]["special_token_text"],
         version=STAGE_VERSION["causal"],
     script:
         "../workflow_scripts/causal_arditi.py"
@@ -107,6 +108,7 @@ rule causal_abliterate:
     ablate the directory holds only a record that no model was made."""
     input:
         model=lambda w: model_files(causal_aligned(w.family)),
+        prompts_checked=causal_prompt_check("{family}"),
         record=causal_stem("{family}", "selection", ".json"),
         direction=causal_stem("{family}", "direction", ".safetensors"),
         prompts=causal_prompt_file("selection", "safety"),
@@ -123,9 +125,11 @@ rule causal_abliterate:
     resources:
         **model_resources(lambda w: causal_aligned(w.family), mem_mb=40000, minutes=30, weight_copies=2),
     params:
-        model=lambda w: causal_model(w.family),
-        causal=CAUSAL_JOB,
+        # loaded, edited and checked in float32 whatever the run's dtype (rankaudit.stages.causal.write_abliterated)
+        model=lambda w: causal_model(w.family, with_dtype=False),
+        causal=causal_job_settings("abliterate"),
         system_prompt=config["capture"]["system_prompt"],
+        special_token_text=config["capture"]["special_token_text"],
         version=STAGE_VERSION["causal"],
     script:
         "../workflow_scripts/causal_abliterate.py"
@@ -135,6 +139,7 @@ rule causal_sweep:
     """One family x basis: baseline, cumulative top-k, single u_j and random k-subspace ablations in both bands."""
     input:
         model=lambda w: model_files(causal_aligned(w.family)),
+        prompts_checked=causal_prompt_check("{family}"),
         cells=lambda w: sorted(
             {p for by_dataset in causal_sweep_cells(w.family, w.basis).values() for by_key in by_dataset.values() for p in by_key.values()}
         ),
@@ -159,8 +164,9 @@ rule causal_sweep:
     params:
         model=lambda w: causal_model(w.family),
         cells=lambda w: causal_sweep_cells(w.family, w.basis),
-        causal=CAUSAL_JOB,
+        causal=causal_job_settings("sweep"),
         system_prompt=config["capture"]["system_prompt"],
+        special_token_text=config["capture"]["special_token_text"],
         version=STAGE_VERSION["causal"],
     script:
         "../workflow_scripts/causal_sweep.py"

@@ -1,8 +1,8 @@
 # Checkpoints written by the workflow (config section `checkpoints`): a GGUF file imported into a plain HF
 # directory, or a checkpoint derived from another one (a planted rank-r edit, ...), each at
 # resources/checkpoints/<name>/ with a checkpoint.json record. A models: entry loads one with
-# `source: resources/checkpoints/<name>`; model_files() (rules/common/capture.smk) makes that directory the capture's
-# input.
+# `source: resources/checkpoints/<name>`; that directory is the input of the model's manifest (rules/manifests.smk),
+# which model_files() (rules/common/capture.smk) makes the input of the capture.
 # Needs STAGE_VERSION (rules/common.smk). No torch import here: rankaudit.checkpoints is planning only.
 
 from rankaudit import checkpoints as ckpt
@@ -16,10 +16,6 @@ DERIVE_EXTRA_INPUTS = {
     "planted": lambda derive: {},
 }
 DERIVED_CHECKPOINTS = [name for name, entry in CHECKPOINTS.items() if entry.get("derive", {}).get("kind") in DERIVE_EXTRA_INPUTS]
-
-_checkpoint_problems = ckpt.check_checkpoints(config)
-if _checkpoint_problems:
-    raise WorkflowError(f"{_config_origin()}: invalid configuration:\n" + "\n".join(_checkpoint_problems))
 
 
 rule checkpoint_import:
@@ -64,8 +60,8 @@ rule checkpoint_derive:
         "../envs/model.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
-        runtime=lambda wildcards, attempt: 60 * attempt,
+        # the parent's float32 weights, and the derived copy being written
+        **checkpoint_job_resources("parent", mem_mb=8000, minutes=60, weight_copies=2),
     params:
         derive=lambda w: CHECKPOINTS[w.name]["derive"],
         version=STAGE_VERSION["checkpoints"],

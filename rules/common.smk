@@ -4,8 +4,7 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from rankaudit import plan
-from rankaudit.prompts.build import GENERATED_SET_KEYS
+from rankaudit import config_checks, plan
 
 # Bump a stage's version when a change to its package code (src/rankaudit/...) changes what it computes. Snakemake
 # does not see package code; the version is a `params:` entry of the stage's rules, so with the `params` rerun
@@ -55,9 +54,12 @@ CONFIG_SECTIONS = [
 ]
 
 
+def _config_files():
+    return [str(f) for f in workflow.configfiles] or ["config/config.yaml"]
+
+
 def _config_origin():
-    files = [str(f) for f in workflow.configfiles] or ["config/config.yaml"]
-    return ", ".join(files)
+    return ", ".join(_config_files())
 
 
 def _validation_error(section, error):
@@ -69,28 +71,32 @@ def _validation_error(section, error):
     return f"{_config_origin()}: invalid config key '{where}': {cause.message}"
 
 
-def validate_config():
+def _validate_section(data, schema, section):
     try:
-        validate(config, "../config/schema/config.schema.yaml")
+        validate(data, f"../config/schema/{schema}.schema.yaml")
     except WorkflowError as error:
-        raise WorkflowError(_validation_error(None, error))
+        raise WorkflowError(_validation_error(section, error))
+
+
+def validate_config():
+    """Every section against its schema, filling defaults (a refusal-tuned derivation against its own)."""
+    _validate_section(config, "config", None)
     for section in SECTIONS_WITH_DEFAULTS:
         config.setdefault(section, {})
     for section in CONFIG_SECTIONS:
         if section in config:
-            try:
-                validate(config[section], f"../config/schema/{section}.schema.yaml")
-            except WorkflowError as error:
-                raise WorkflowError(_validation_error(section, error))
+            _validate_section(config[section], section, section)
+    for name, entry in (config.get("checkpoints") or {}).items():
+        if (entry.get("derive") or {}).get("kind") == "refusal_tuned":
+            _validate_section(entry["derive"], "refusal_tuned", f"checkpoints.{name}.derive")
 
 
 def check_config():
-    """Cross-key checks (unknown model or dataset names, layers too deep) before any job is scheduled."""
-    known = set(GENERATED_SET_KEYS) | set(config["prompts"].get("public") or {})
+    """Every cross-key check (rankaudit.config_checks), once, before any job is planned: one line per problem."""
     try:
-        plan.check_config(config, known)
-    except plan.ConfigError as error:
-        raise WorkflowError(f"{_config_origin()}: invalid configuration:\n{error}")
+        config_checks.check_config(config, _config_files())
+    except config_checks.ConfigError as error:
+        raise WorkflowError(str(error)) from None
 
 
 def default_stages(sections):
@@ -103,14 +109,8 @@ def default_stages(sections):
 
 
 def chosen_stages(sections):
-    """The stages `rule all` runs; a chosen causal stage needs families to test (an error before any job)."""
-    stages = list(config["stages"]) if "stages" in config else default_stages(sections)
-    if "causal" in stages and not (config.get("causal") or {}).get("families"):
-        raise WorkflowError(
-            f"{_config_origin()}: invalid config key 'stages': 'causal' is chosen but causal.families "
-            "is empty (name the families whose refusal direction is tested, or leave 'causal' out)"
-        )
-    return stages
+    """The stages `rule all` runs (check_config refuses a chosen causal stage without families)."""
+    return list(config["stages"]) if "stages" in config else default_stages(sections)
 
 
 def stage_chosen(stage):

@@ -8,12 +8,6 @@
 # and one figure per family.
 # `limits_all` collects everything, for `rule all`.
 
-if config["limits"]["headline_eps"] not in config["limits"]["eps"]:
-    raise WorkflowError(
-        f"{_config_origin()}: invalid config key 'limits.headline_eps': {config['limits']['headline_eps']} "
-        f"is not one of limits.eps {config['limits']['eps']}"
-    )
-
 LIMITS_TABLES = [
     "limits_lrh_baseline",
     "limits_lrh_per_layer",

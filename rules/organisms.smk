@@ -146,8 +146,8 @@ rule organism_refusal:
         "../envs/model.yaml"
     threads: ORGANISM_THREADS
     resources:
-        mem_mb=lambda wildcards, attempt: 3000 * attempt,
-        runtime=lambda wildcards, attempt: 15 * attempt,
+        # the organisms are loaded one at a time: sized for the largest
+        **checkpoint_job_resources("organisms", mem_mb=3000, minutes=15),
     params:
         organisms=[[family, role] for family in ORGANISM_FAMILIES for role in ORGANISM_CHECKED_ROLES],
         settings=config.get("organisms", {}).get("refusal_check", {}),

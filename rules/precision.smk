@@ -15,8 +15,9 @@ for _model in float32_floor_models():
             f"capture_float32_{_model}"
         input:
             model=model_files(_model),
-            template=model_files(plan.model_template(config, _model)),
+            template=template_files(plan.model_template(config, _model)),
             prompts=[selected_prompts(key) for key in plan.SAMPLE_KEYS],
+            prompts_checked=capture_prompt_check(_model),
         output:
             activations=[float32_activation_file(_model, fmt, key, layer) for fmt, key in FLOOR_CELLS for layer in plan.model_layers(config, _model)],
             record=f"results/precision_floor/acts/{_model}/capture_record.json",
@@ -35,7 +36,7 @@ for _model in float32_floor_models():
             model_name=_model,
             model=model_runtime(_model),
             template_name=plan.model_template(config, _model),
-            template=model_runtime(plan.model_template(config, _model)),
+            template=template_runtime(plan.model_template(config, _model)),
             output_pattern=lambda wildcards, model=_model: float32_activation_file(model, "{fmt}", "{key}", "{layer}"),
             cells=FLOOR_CELLS,
             prompt_files={key: selected_prompts(key) for key in plan.SAMPLE_KEYS},
@@ -43,6 +44,7 @@ for _model in float32_floor_models():
             batch_size=config["runtime"]["batch_size"],
             mean_last_k=config["capture"]["mean_last_k"],
             system_prompt=config["capture"]["system_prompt"],
+            special_token_text=config["capture"]["special_token_text"],
             first_prompts=floor_prompts(),
             compute_dtype="float32",
             version=STAGE_VERSION["precision"],

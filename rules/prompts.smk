@@ -9,10 +9,6 @@ GENERATED_PROMPT_SETS = list(GENERATED_SET_KEYS)
 PUBLIC_PROMPT_SETS = list(config["prompts"].get("public") or {})
 PROMPT_SETS = GENERATED_PROMPT_SETS + PUBLIC_PROMPT_SETS
 
-_prompt_name_clash = sorted(set(GENERATED_PROMPT_SETS) & set(PUBLIC_PROMPT_SETS))
-if _prompt_name_clash:
-    raise ValueError(f"config prompts.public: {_prompt_name_clash} reuse the name of a project-written prompt set; rename them")
-
 
 rule generated_prompts:
     output:
@@ -49,3 +45,35 @@ rule fetch_public_prompts:
         version=STAGE_VERSION["prompts"],
     script:
         "../workflow_scripts/fetch_public_prompts.py"
+
+
+rule check_prompts:
+    """Every prompt one model job reads, in each format it renders it in, checked against the tokenizers and configs
+    that job uses (no weights): empty, too long, special-token text, an aligned model's tokenizer that disagrees with
+    its base's. `capture/<model>`: that model's captures; `causal/<family>`: the family's causal jobs (chat format,
+    the aligned model alone). An input of those jobs, so a bad prompt stops the run before any GPU job starts."""
+    input:
+        tables=lambda w: checked_tables(prompt_check(w)["formats"]),
+        models=lambda w: prompt_check(w)["manifests"],
+    output:
+        "results/prompts/checked/{stage}/{name}.json",
+    log:
+        "logs/prompts/checked/{stage}/{name}.log",
+    wildcard_constraints:
+        stage="capture|causal",
+    localrule: True  # tokenizers and configs only: seconds, and on a cluster the submit host may fetch them
+    conda:
+        "../envs/model.yaml"
+    params:
+        job=lambda w: f"{w.stage} {w.name}",
+        model=lambda w: prompt_check(w)["model"],
+        template=lambda w: prompt_check(w)["template"],
+        partners=lambda w: prompt_check(w)["partners"],
+        prompt_files=lambda w: checked_prompt_files(prompt_check(w)["formats"]),
+        formats=lambda w: prompt_check(w)["formats"],
+        # read when a job is planned: a prompts-only workflow (tests/unit/test_prompts_rules.py) has no capture section
+        system_prompt=lambda w: config["capture"]["system_prompt"],
+        special_token_text=lambda w: config["capture"]["special_token_text"],
+        version=STAGE_VERSION["prompts"],
+    script:
+        "../workflow_scripts/check_prompts.py"

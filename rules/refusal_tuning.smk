@@ -5,12 +5,6 @@
 
 REFUSAL_TUNED = [name for name, entry in CHECKPOINTS.items() if entry.get("derive", {}).get("kind") == "refusal_tuned"]
 
-for _name in REFUSAL_TUNED:
-    try:
-        validate(CHECKPOINTS[_name]["derive"], "../config/schema/refusal_tuned.schema.yaml")
-    except WorkflowError as error:
-        raise WorkflowError(_validation_error(f"checkpoints.{_name}.derive", error))
-
 
 rule checkpoint_refusal_tune:
     """The parent checkpoint with its last blocks trained to refuse harmful prompts (at most minutes on 2 CPU cores)."""
@@ -28,8 +22,8 @@ rule checkpoint_refusal_tune:
         "../envs/model.yaml"
     threads: 2
     resources:
-        mem_mb=lambda wildcards, attempt: 8000 * attempt,
-        runtime=lambda wildcards, attempt: 30 * attempt,
+        # the parent's float32 weights, plus gradients, Adam state and cached activations of the trained blocks
+        **checkpoint_job_resources("parent", mem_mb=8000, minutes=30, weight_copies=2),
     params:
         derive=lambda w: CHECKPOINTS[w.name]["derive"],
         version=STAGE_VERSION["checkpoints"],

@@ -1,12 +1,13 @@
 """Snakemake adapter: Arditi direction selection for one family."""
 
+from rankaudit.manifests import with_manifest
 from rankaudit.stages.causal import run_selection
 from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):
     run_selection(
         family=snakemake.wildcards.family,
-        model=snakemake.params.model,
+        model=with_manifest(snakemake.params.model, snakemake.input.model),
         activations={int(layer): paths for layer, paths in snakemake.params.activations.items()},
         harmful_path=snakemake.input.harmful,
         harmless_path=snakemake.input.harmless,
@@ -14,6 +15,7 @@ with log_to(snakemake.log[0]):
         harmless_train_path=snakemake.input.harmless_train,
         section=snakemake.params.causal,
         system_prompt=snakemake.params.system_prompt,
+        special_token_text=snakemake.params.special_token_text,
         record_path=snakemake.output.record,
         direction_path=snakemake.output.direction,
         table_stem=snakemake.output.candidates[0].removesuffix(".parquet"),

@@ -1,5 +1,6 @@
 """Snakemake adapter: the ablation sweep of one family x basis."""
 
+from rankaudit.manifests import with_manifest
 from rankaudit.stages.causal import run_sweep
 from rankaudit.workflow_logging import log_to
 
@@ -7,7 +8,7 @@ with log_to(snakemake.log[0]):
     run_sweep(
         family=snakemake.wildcards.family,
         basis=snakemake.wildcards.basis,
-        model=snakemake.params.model,
+        model=with_manifest(snakemake.params.model, snakemake.input.model),
         cells={int(layer): by_dataset for layer, by_dataset in snakemake.params.cells.items()},
         selection_record=snakemake.input.record,
         direction_path=snakemake.input.direction,
@@ -15,6 +16,7 @@ with log_to(snakemake.log[0]):
         control_path=snakemake.input.control,
         section=snakemake.params.causal,
         system_prompt=snakemake.params.system_prompt,
+        special_token_text=snakemake.params.special_token_text,
         summary_stem=snakemake.output.summary[0].removesuffix(".parquet"),
         prompts_path=snakemake.output.prompts,
         record_path=snakemake.output.record,

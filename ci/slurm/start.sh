@@ -77,8 +77,23 @@ if (( FAKE_GPUS > 0 )); then
   printf 'AutoDetect=off\nNodeName=%s Name=gpu File=%s/fakegpu[0-%d]\n' "$HOST" "$STATE" "$((FAKE_GPUS - 1))" \
     > "$CONF_DIR/gres.conf"
 fi
+# memory limits: with a writable cgroup v1 memory controller, task/cgroup confines each job to its --mem and the
+# kernel's OOM killer ends a job above it (state OUT_OF_MEMORY, as on a production cluster); without one,
+# slurmstepd samples every step's RSS each second and kills a step above its job's --mem (state FAILED, "Exceeded
+# job memory limit" in the job's log). Either way tests/slurm sees a real out-of-memory kill.
+# RANKAUDIT_SLURM_CGROUP=off forces the second.
+rm -f "$CONF_DIR/cgroup.conf"
+if [[ "${RANKAUDIT_SLURM_CGROUP:-auto}" != off && -w /sys/fs/cgroup/memory && -d /sys/fs/cgroup/freezer ]]; then
+  MEMORY_LIMITS="cgroup"
+  printf '%s\nCgroupPlugin=cgroup/v1\nCgroupMountpoint=/sys/fs/cgroup\nConstrainRAMSpace=yes\nConstrainSwapSpace=yes\n' \
+    "$MARKER" > "$CONF_DIR/cgroup.conf"
+  limits_conf=$'ProctrackType=proctrack/cgroup\nTaskPlugin=task/cgroup\nJobAcctGatherType=jobacct_gather/cgroup'
+else
+  MEMORY_LIMITS="rss-polling"
+  limits_conf=$'ProctrackType=proctrack/linuxproc\nTaskPlugin=task/none\nJobAcctGatherType=jobacct_gather/linux\nJobAcctGatherParams=OverMemoryKill'
+fi
 cat > "$CONF" <<CONF
-$MARKER for state $STATE: a one-node CI cluster (no cgroups, no accounting database).
+$MARKER for state $STATE: a one-node CI cluster (memory limits: $MEMORY_LIMITS; no accounting database).
 ClusterName=rankaudit-ci
 SlurmctldHost=$HOST(127.0.0.1)
 AuthType=auth/munge
@@ -93,9 +108,8 @@ SlurmctldPidFile=$STATE/slurmctld.pid
 SlurmdPidFile=$STATE/slurmd.pid
 SlurmctldLogFile=$STATE/log/slurmctld.log
 SlurmdLogFile=$STATE/log/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
+$limits_conf
+JobAcctGatherFrequency=task=1
 MpiDefault=none
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2
@@ -132,4 +146,4 @@ if ! wait_for 30 node_ready; then
 fi
 sinfo
 echo "slurm: up in $(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $started}") s: node $HOST, $CPUS CPUs, $MEM_MB MB," \
-  "$FAKE_GPUS fake GPUs, state $STATE; now run: source $STATE/env"
+  "$FAKE_GPUS fake GPUs, memory limits by $MEMORY_LIMITS, state $STATE; now run: source $STATE/env"

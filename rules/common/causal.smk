@@ -17,9 +17,51 @@ def causal_aligned(family):
     return config["families"][family]["aligned"]
 
 
-def causal_model(family):
-    """Loading settings of the family's aligned model (attention implementation from the causal section)."""
-    return {**model_runtime(causal_aligned(family)), "attn_implementation": CAUSAL.get("attn_implementation")}
+def causal_model(family, with_dtype=True):
+    """Loading settings of the family's aligned model (attention implementation from the causal section); without
+    the dtype for a job that loads in float32 whatever the run's, and without n_layers, which no causal job reads."""
+    spec = {**model_runtime(causal_aligned(family)), "attn_implementation": CAUSAL.get("attn_implementation")}
+    return {key: value for key, value in spec.items() if key != "n_layers" and (with_dtype or key != "dtype")}
+
+
+# What each causal job reads of the causal section (rankaudit.stages.causal), so a changed key re-runs only its
+# readers: the k grid and the bands re-run the sweeps, never the selection, all-layer test or abliteration. A
+# phase's `*_dataset` keys are left out, their tables being the jobs' inputs; the rest of `selection` only matters
+# to causal_select (causal_abliterate checks on the first selection prompts: split, n).
+CAUSAL_JOB_READS = {
+    "select": ("seed", "batch_size", "judge", "generation", "refusal_openers", "min_refusal_token_coverage", "min_baseline_refusal", "selection"),
+    "arditi": ("seed", "batch_size", "row_batch_size", "judge", "generation", "evaluation", "random_draws"),
+    "abliterate": ("seed", "selection", "abliteration_tolerance"),
+    "sweep": (
+        "seed",
+        "batch_size",
+        "row_batch_size",
+        "judge",
+        "generation",
+        "evaluation",
+        "bands",
+        "read_position",
+        "k_grid",
+        "n_single",
+        "random_draws",
+    ),
+}
+CAUSAL_PHASE_READS = {
+    "abliterate": {"selection": ("split", "n")},
+    "arditi": {"evaluation": ("split", "n", "control_generation")},
+}
+
+
+def causal_job_settings(job):
+    """The `causal` param of one causal job: the keys CAUSAL_JOB_READS names, phases without their datasets."""
+    settings = {}
+    for key in (key for key in CAUSAL_JOB_READS[job] if key in CAUSAL):  # a config without the section has no jobs
+        value = CAUSAL[key]
+        if key in ("selection", "evaluation"):
+            kept = CAUSAL_PHASE_READS.get(job, {}).get(key)
+            value = {name: v for name, v in value.items() if not name.endswith("_dataset") and (kept is None or name in kept)}
+        settings[key] = value
+    return settings
 
 
 def causal_prompt_file(phase, key):

@@ -34,8 +34,9 @@ def limits_inputs(family, layer):
 
 
 def limits_settings():
-    """The limits section without the claim thresholds (those only affect the generated section)."""
-    return {key: value for key, value in config["limits"].items() if key != "claims"}
+    """What a per-layer limits job reads: the section without the claim thresholds and the headline eps (those only
+    affect the tables, the generated section and the figure)."""
+    return {key: value for key, value in config["limits"].items() if key not in ("claims", "headline_eps")}
 
 
 def limits_table_outputs():

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from rankaudit.batching import run_in_batches_halving_on_oom
 from rankaudit.workflow_logging import Progress
 
 logger = logging.getLogger(__name__)
@@ -232,29 +233,36 @@ def capture_residual_stream(
         order = sorted(range(n), key=lambda i: (-len(prompts[i]), i))
         n_padding = 0
         progress = Progress(label, n, "prompts", logger=logger)
+
+        def forward(rows: list[int]) -> dict[int, dict[str, Any]]:
+            width = len(prompts[rows[0]])
+            input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for row, index in enumerate(rows):
+                length = len(prompts[index])
+                input_ids[row, width - length:] = torch.tensor(prompts[index], dtype=torch.long)
+                attention_mask[row, width - length:] = 1
+            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+            position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+            reader.start(attention_mask.sum(dim=1), (len(rows), width))
+            try:
+                base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+            except _StopForward:
+                pass
+            missing = [layer for layer in layers if layer not in reader.results]
+            if missing:
+                raise RuntimeError(f"capture: layers {missing} were not reached by the forward pass")
+            return reader.results
+
+        n_batches = 0
         with torch.inference_mode():
-            for start in range(0, n, batch_size):
-                rows = order[start:start + batch_size]
+            # a GPU out-of-memory halves the batch and redoes it (rankaudit.batching); one size for the whole job
+            for rows, results in run_in_batches_halving_on_oom(order, batch_size, forward, label="capture"):
                 width = len(prompts[rows[0]])
-                input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-                for row, index in enumerate(rows):
-                    length = len(prompts[index])
-                    input_ids[row, width - length:] = torch.tensor(prompts[index], dtype=torch.long)
-                    attention_mask[row, width - length:] = 1
-                    n_padding += width - length
-                input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-                position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-                reader.start(attention_mask.sum(dim=1), (len(rows), width))
-                try:
-                    base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-                except _StopForward:
-                    pass
-                missing = [layer for layer in layers if layer not in reader.results]
-                if missing:
-                    raise RuntimeError(f"capture: layers {missing} were not reached by the forward pass")
+                n_padding += sum(width - len(prompts[index]) for index in rows)
+                n_batches += 1
                 targets = np.asarray(rows)
-                for layer, kinds in reader.results.items():
+                for layer, kinds in results.items():
                     for kind, values in kinds.items():
                         out[layer][kind][targets] = values.cpu().numpy()
                 progress.advance(len(rows))
@@ -262,7 +270,6 @@ def capture_residual_stream(
     finally:
         for handle in handles:
             handle.remove()
-    n_batches = (n + batch_size - 1) // batch_size
     if stats is not None:
         stats.n_forward_rows += n
         stats.n_batches += n_batches

@@ -41,32 +41,6 @@ def checkpoint_of_source(source: str) -> str | None:
     return source[len(prefix):].rstrip("/")
 
 
-def check_checkpoints(config: Mapping[str, Any]) -> list[str]:
-    """Cross-key problems of the `checkpoints` section and of models that load a checkpoint (empty when fine)."""
-    entries = config.get("checkpoints") or {}
-    problems = []
-    for name, entry in entries.items():
-        derive = entry.get("derive")
-        if derive is None:
-            continue
-        seen = [name]
-        parent = derive["from"]
-        while parent in entries and "derive" in entries[parent] and parent not in seen:
-            seen.append(parent)
-            parent = entries[parent]["derive"]["from"]
-        if parent not in entries:
-            via = f" (through {' -> '.join(seen)})" if len(seen) > 1 else ""
-            problems.append(f"checkpoints.{name}.derive.from: unknown checkpoint {parent!r}{via} (known: {sorted(entries)})")
-        elif parent in seen:
-            problems.append(f"checkpoints.{name}.derive.from: derivation cycle {' -> '.join([*seen, parent])}")
-    for model, entry in (config.get("models") or {}).items():
-        name = checkpoint_of_source(entry["source"])
-        if name is not None and name not in entries:
-            problems.append(f"models.{model}.source: {entry['source']!r} is not written by any checkpoints entry "
-                            f"(known: {sorted(entries)})")
-    return problems
-
-
 def package_version(spec: str | Mapping[str, str]) -> str | None:
     """The installed version of the package that ships a GGUF (None for a file named by path, or not installed).
 

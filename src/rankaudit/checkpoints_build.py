@@ -124,7 +124,7 @@ def _load_parent(directory: Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, local_files_only=True, use_safetensors=True)
     model.eval()
     model.requires_grad_(False)
     return model, AutoTokenizer.from_pretrained(directory, local_files_only=True)

@@ -33,6 +33,21 @@ string.
   Templates that fold a system message into the user turn (Gemma-3 style) also insert no default, so "none"
   equals "default" there too. The rule applied and the exact text removed are recorded in the metadata.
 
+Special-token text in an instruction (METHODS §1, "Special-token text in prompts"): a tokenizer parses the string
+of any of its special tokens (`<|eot_id|>`, `<|im_end|>`, `<end_of_turn>`, its BOS ...) as that token wherever it
+occurs, so an instruction holding one would silently change the chat structure. `special_token_text` chooses:
+
+- `"error"` (default): such a prompt is refused, naming it and the marker.
+- `"escape"`: the user text is tokenized as ordinary text (the tokenizer's own `split_special_tokens`) while the
+  template around it keeps its special tokens. A tokenizer splits a text at every special-token match and encodes
+  the pieces between matches independently, so the exact escaped encoding is: the rendering up to the template's
+  last special token before the user text, encoded normally; from there to the template's first special token
+  after it (user text included), encoded with `split_special_tokens=True`; the rest encoded normally. That the
+  three-piece normal encoding equals the normal encoding of the whole string is checked for every escaped prompt
+  (so the split points are the tokenizer's own), and the escaped ids are checked to hold no special id from the
+  user text. Prompts without special-token text keep exactly the ids they had; the count of escaped prompts is
+  recorded in the metadata.
+
 Read positions are indices into each prompt's own (unpadded) token ids: `last` (the last prompt token),
 `mean_last_k` (the last k tokens, or all of them for a prompt shorter than k) and, for chat, `post_instruction`
 (the template suffix after the instruction text, e.g. Llama-3.1
@@ -51,6 +66,7 @@ from jinja2.exceptions import TemplateError
 
 FORMATS = ("raw", "chat")
 SYSTEM_PROMPTS = ("default", "none")
+SPECIAL_TOKEN_TEXT = ("error", "escape")
 INSTRUCTION_SENTINEL = "RankauditInstructionSentinel"
 SYSTEM_SENTINEL = "RankauditSystemSentinel"
 
@@ -81,6 +97,8 @@ class EncodedPrompts:
     mean_last_k: int
     template_sha256: str | None
     records: tuple[PromptRecord, ...] = field(repr=False)
+    special_token_text: str = "error"
+    escaped: tuple[int, ...] = ()
 
     @property
     def post_instruction_len(self) -> int:
@@ -103,6 +121,8 @@ class EncodedPrompts:
             "post_instruction_text": self.post_instruction_text,
             "mean_last_k": self.mean_last_k,
             "chat_template_sha256": self.template_sha256,
+            "special_token_text": self.special_token_text,
+            "n_escaped": len(self.escaped),
         }
 
 
@@ -130,6 +150,78 @@ def _next_added_token(text: str, start: int, added: Sequence[str]) -> tuple[int,
         if position >= 0 and (best is None or position < best[0] or (position == best[0] and len(token) > best[1])):
             best = (position, len(token))
     return best
+
+
+def special_token_strings(tokenizer: Any) -> list[str]:
+    """Every string the tokenizer reads as a special token wherever it occurs (longest first)."""
+    strings = {token.content for token in tokenizer.added_tokens_decoder.values() if token.special and token.content}
+    strings.update(token for token in tokenizer.all_special_tokens if token)
+    return sorted(strings, key=lambda token: (-len(token), token))
+
+
+def special_text_spans(text: str, specials: Sequence[str]) -> list[tuple[int, int]]:
+    """(start, end) of each special-token string in `text`, leftmost-longest and non-overlapping, as a tokenizer matches."""
+    spans: list[tuple[int, int]] = []
+    start = 0
+    while (found := _next_added_token(text, start, specials)) is not None:
+        spans.append((found[0], found[0] + found[1]))
+        start = found[0] + found[1]
+    return spans
+
+
+def special_text_in(text: str, specials: Sequence[str]) -> list[str]:
+    """The special-token strings `text` holds, in first-seen order."""
+    return list(dict.fromkeys(text[start:end] for start, end in special_text_spans(text, specials)))
+
+
+def plain_text_ids(tokenizer: Any, text: str) -> list[int]:
+    """`text` tokenized as ordinary text: special-token strings in it are split like any other characters."""
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+
+
+@dataclass(frozen=True)
+class TemplateFrame:
+    """What a format writes around the user text: rendering = prefix + user text (as the template writes it) + suffix."""
+
+    prefix: str
+    suffix: str
+
+    def user_text(self, rendered: str, where: str) -> str:
+        if not (rendered.startswith(self.prefix) and rendered.endswith(self.suffix)
+                and len(rendered) >= len(self.prefix) + len(self.suffix)):
+            raise ValueError(f"{where}: the rendering does not start and end with what the template writes around a "
+                             "sentinel instruction, so the user text cannot be located in it")
+        return rendered[len(self.prefix):len(rendered) - len(self.suffix)]
+
+
+def template_frame(rendered_sentinel: str) -> TemplateFrame:
+    """The frame of a format, from its rendering of INSTRUCTION_SENTINEL (raw: the sentinel itself, empty frame)."""
+    at = rendered_sentinel.rindex(INSTRUCTION_SENTINEL)
+    return TemplateFrame(rendered_sentinel[:at], rendered_sentinel[at + len(INSTRUCTION_SENTINEL):])
+
+
+def _escaped_ids(tokenizer: Any, frame: TemplateFrame, rendered: str, normal: Sequence[int], specials: Sequence[str],
+                 special_ids: set[int], leading: Sequence[int], where: str) -> list[int]:
+    """The ids of `rendered` with its user text tokenized as ordinary text (see the module doc, `special_token_text`)."""
+    body = frame.user_text(rendered, where)
+    head_spans, tail_spans = special_text_spans(frame.prefix, specials), special_text_spans(frame.suffix, specials)
+    cut_head = head_spans[-1][1] if head_spans else 0
+    cut_tail = tail_spans[0][0] if tail_spans else len(frame.suffix)
+    fixed_head, fixed_tail = frame.prefix[:cut_head], frame.suffix[cut_tail:]
+    middle = frame.prefix[cut_head:] + body + frame.suffix[:cut_tail]
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    if list(leading) + encode(fixed_head) + encode(middle) + encode(fixed_tail) != list(normal):
+        raise ValueError(f"{where}: special_token_text escape cannot be exact for this tokenizer and template (it does not "
+                         "split the rendering at the template's special tokens around the user text); remove the "
+                         "special-token text from the dataset instead")
+    plain = plain_text_ids(tokenizer, middle)
+    if special_ids & set(plain):
+        raise ValueError(f"{where}: the user text still encodes to special ids {sorted(special_ids & set(plain))} "
+                         "with split_special_tokens; remove the special-token text from the dataset")
+    return list(leading) + encode(fixed_head) + plain + encode(fixed_tail)
 
 
 def _render(tokenizer: Any, messages: list[dict[str, str]]) -> str:
@@ -232,12 +324,16 @@ def encode_prompts(
     *,
     system_prompt: str = "default",
     mean_last_k: int = 1,
+    special_token_text: str = "error",
 ) -> EncodedPrompts:
     """Render and tokenize `instructions` in format `fmt` ("raw" or "chat").
 
     For "chat", `tokenizer` must be the aligned model's (its template defines the format for the whole family).
-    Errors name the prompt at fault.
+    `special_token_text` ("error" or "escape") says what happens to an instruction holding special-token text
+    (module doc). Errors name the prompt at fault.
     """
+    if special_token_text not in SPECIAL_TOKEN_TEXT:
+        raise ValueError(f"special_token_text {special_token_text!r} is not one of {SPECIAL_TOKEN_TEXT}")
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not one of {FORMATS}")
     if mean_last_k < 1:
@@ -245,6 +341,13 @@ def encode_prompts(
     for index, instruction in enumerate(instructions):
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError(f"{_describe(index, str(instruction))}: empty or not a string")
+    specials = special_token_strings(tokenizer)
+    flagged = [index for index, instruction in enumerate(instructions) if special_text_spans(instruction, specials)]
+    if flagged and special_token_text == "error":
+        index = flagged[0]
+        raise ValueError(f"{_describe(index, instructions[index])} in format {fmt}: holds special-token text "
+                         f"{special_text_in(instructions[index], specials)}, which the tokenizer would read as special "
+                         f"tokens ({len(flagged)} such prompt(s)); remove it or set capture.special_token_text: escape")
     uses_bos = family_uses_bos(tokenizer)
     bos_id = tokenizer.bos_token_id
     template = getattr(tokenizer, "chat_template", None)
@@ -262,6 +365,7 @@ def encode_prompts(
         suffix_text = ""
         format_bos_count = 1 if uses_bos else 0
         rule, removed, recorded_system = "raw format has no system turn", "", "none"
+        frame, leading = TemplateFrame("", ""), [bos_id] if uses_bos else []
     else:
         renderer = ChatRenderer(tokenizer, system_prompt)
         sentinel_rendered = renderer.render(INSTRUCTION_SENTINEL)
@@ -270,11 +374,16 @@ def encode_prompts(
         format_bos_count = tokenizer(sentinel_rendered, add_special_tokens=False)["input_ids"].count(bos_id)
         rendered = [renderer.render(instruction) for instruction in instructions]
         ids = [list(row) for row in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
-        for index, row in enumerate(ids):
-            if suffix_ids and tuple(row[-len(suffix_ids):]) != suffix_ids:
-                raise ValueError(f"{_describe(index, instructions[index])} in format chat: its tokens do not end "
-                                 f"with the template suffix {suffix_text!r} (ids {list(suffix_ids)})")
         rule, removed, recorded_system = renderer.rule, renderer.removed_system_text, system_prompt
+        frame, leading = template_frame(sentinel_rendered), []
+    special_ids = {token_id for token in specials if (token_id := tokenizer.convert_tokens_to_ids(token)) is not None}
+    for index in flagged:
+        where = f"{_describe(index, instructions[index])} in format {fmt}"
+        ids[index] = _escaped_ids(tokenizer, frame, rendered[index], ids[index], specials, special_ids, leading, where)
+    for index, row in enumerate(ids):
+        if suffix_ids and tuple(row[-len(suffix_ids):]) != suffix_ids:
+            raise ValueError(f"{_describe(index, instructions[index])} in format chat: its tokens do not end "
+                             f"with the template suffix {suffix_text!r} (ids {list(suffix_ids)})")
     records = []
     for index, (instruction, text, row) in enumerate(zip(instructions, rendered, ids)):
         _check_bos(row, bos_id, uses_bos, format_bos_count, f"{_describe(index, instruction)} in format {fmt}")
@@ -294,6 +403,8 @@ def encode_prompts(
         mean_last_k=mean_last_k,
         template_sha256=template_sha,
         records=tuple(records),
+        special_token_text=special_token_text,
+        escaped=tuple(flagged) if special_token_text == "escape" else (),
     )
 
 

@@ -1,7 +1,8 @@
 """The paper's published headline figures (reference/paper_figures.yaml) and which run family each is compared with.
 
 The numbers live in that data file, each with its source; this module only checks its shape, so that a figure
-without a source or a family without model ids fails when the file is read, naming the key at fault.
+without a source or a family without model ids fails when the file is read with a ConfigError naming the
+file and the key at fault.
 """
 
 from __future__ import annotations
@@ -13,12 +14,10 @@ from typing import Any
 
 import yaml
 
+from rankaudit.plan import ConfigError
+
 CALIBRATION = "calibration"
 ORGANISM_PREFIX = "organism:"
-
-
-class PaperFiguresError(ValueError):
-    """The figures file is malformed (the message names the file and key)."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +58,7 @@ class Comparison:
 
 def _require(mapping: Any, key: str, where: str, path: str) -> Any:
     if not isinstance(mapping, Mapping) or key not in mapping or mapping[key] in (None, ""):
-        raise PaperFiguresError(f"{path}: '{where}.{key}' is missing")
+        raise ConfigError(f"{where}.{key}" if where else key, "is missing", files=[path])
     return mapping[key]
 
 
@@ -67,7 +66,7 @@ def _figure(entry: Any, where: str, path: str) -> Figure:
     text, source = str(_require(entry, "text", where, path)), str(_require(entry, "source", where, path))
     value = entry.get("value")
     if value is not None and not isinstance(value, (int, float)):
-        raise PaperFiguresError(f"{path}: '{where}.value' must be a number, got {value!r}")
+        raise ConfigError(f"{where}.value", f"must be a number, got {value!r}", files=[path])
     rows = tuple(entry.get("rows") or ())
     for index, row in enumerate(rows):
         for key in ("lambda", "rho", "compliance", "after"):

@@ -6,7 +6,7 @@ chat template renders a family's chat format, so that the DAG is known at parse 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 ORGANISM_PREFIX = "organism:"
@@ -19,7 +19,32 @@ VARIANTS_PER_DATASET = {
 
 
 class ConfigError(ValueError):
-    """A configuration problem found before any work starts; the message names the key at fault."""
+    """The one error type of a bad configuration: the dotted key at fault, what is wrong, and the config file(s).
+
+    `rankaudit.config_checks.check_config` raises it at start-up with every problem found (`problems`, one line
+    each); the helpers below raise single problems, which that check re-raises with the file names.
+    """
+
+    def __init__(self, key: str, message: str, files: Sequence[str] = ()) -> None:
+        self.key = key
+        self.message = message
+        self.files = tuple(files)
+        self.problems: tuple[ConfigError, ...] = (self,)
+        super().__init__(self.line())
+
+    def line(self) -> str:
+        """`<files>: invalid config key '<key>': <message>`, the form every config error takes."""
+        where = f"{', '.join(self.files)}: " if self.files else ""
+        return f"{where}invalid config key '{self.key}': {self.message}"
+
+    @classmethod
+    def combine(cls, problems: Sequence[ConfigError], files: Sequence[str] = ()) -> ConfigError:
+        """One error for several problems, each re-stated with `files`; its text is one line per problem."""
+        restated = [cls(problem.key, problem.message, files) for problem in problems]
+        error = cls(restated[0].key, restated[0].message, files)
+        error.problems = tuple(restated)
+        error.args = ("\n".join(problem.line() for problem in restated),)
+        return error
 
 
 def parse_organism(source: str) -> tuple[str, str] | None:
@@ -28,7 +53,7 @@ def parse_organism(source: str) -> tuple[str, str] | None:
         return None
     family, _, role = source[len(ORGANISM_PREFIX):].partition("/")
     if not family or not role or "/" in role:
-        raise ConfigError(f"models: source {source!r} must look like 'organism:<family>/<role>'")
+        raise ConfigError("models", f"source {source!r} must look like 'organism:<family>/<role>'")
     return family, role
 
 
@@ -62,15 +87,15 @@ def model_n_layers(config: Mapping[str, Any], model: str) -> int:
                if model in family.get("references", []) and family["aligned"] != model]
     if aligned:
         return model_n_layers(config, aligned[0])
-    raise ConfigError(f"models.{model}: 'n_layers' is required for a model that is neither an organism nor a reference "
-                      "(its number of decoder blocks)")
+    raise ConfigError(f"models.{model}", "'n_layers' is required for a model that is neither an organism nor a "
+                      "reference (its number of decoder blocks)")
 
 
 def organism_n_layers(config: Mapping[str, Any], family: str) -> int:
     """Decoder blocks of an organism family, from the organisms section."""
     architectures = config.get("organisms", {}).get("architectures", {})
     if family not in architectures:
-        raise ConfigError(f"organisms.architectures: no entry for organism family {family!r}")
+        raise ConfigError("organisms.architectures", f"no entry for organism family {family!r}")
     return int(architectures[family]["num_hidden_layers"])
 
 
@@ -82,7 +107,7 @@ def family_layers(config: Mapping[str, Any], family: str) -> list[int]:
         return list(range(n_layers + 1))
     too_deep = [layer for layer in requested if layer > n_layers]
     if too_deep:
-        raise ConfigError(f"capture.layers: {too_deep} exceed family {family!r}'s {n_layers} blocks (valid: 0..{n_layers})")
+        raise ConfigError("capture.layers", f"{too_deep} exceed family {family!r}'s {n_layers} blocks (valid: 0..{n_layers})")
     return sorted(requested)
 
 
@@ -132,46 +157,3 @@ def model_cells(config: Mapping[str, Any], model: str) -> list[tuple[str, str]]:
 def captured_models(config: Mapping[str, Any]) -> list[str]:
     """Models that take part in at least one family, in config order."""
     return [model for model in config["models"] if model_families(config, model)]
-
-
-def check_config(config: Mapping[str, Any], known_datasets: set[str]) -> None:
-    """Cross-key checks the JSON Schema cannot express; raise one ConfigError listing every problem."""
-    problems: list[str] = []
-    models = config["models"]
-    organism_families = set(config.get("organisms", {}).get("families", []))
-    for name, entry in models.items():
-        try:
-            organism = parse_organism(entry["source"])
-        except ConfigError as error:
-            problems.append(str(error))
-            continue
-        if organism and organism[0] not in organism_families:
-            problems.append(f"models.{name}.source: organism family {organism[0]!r} is not in organisms.families {sorted(organism_families)}")
-    for family, entry in config["families"].items():
-        for key in ("base", "aligned", "template"):
-            if key in entry and entry[key] not in models:
-                problems.append(f"families.{family}.{key}: unknown model {entry[key]!r} (known: {sorted(models)})")
-        for ref in entry.get("references", []):
-            if ref not in models:
-                problems.append(f"families.{family}.references: unknown model {ref!r}")
-    if problems:
-        raise ConfigError("\n".join(problems))
-    for model in captured_models(config):
-        templates = {template_model(config, family) for family in model_families(config, model)}
-        if len(templates) > 1:
-            problems.append(f"models.{model}: takes part in families rendered with different chat templates {sorted(templates)}; "
-                            "set families.<name>.template so that they agree (a model's activations are captured once)")
-        try:
-            model_n_layers(config, model)
-            model_layers(config, model)
-        except ConfigError as error:
-            problems.append(str(error))
-    for key in SAMPLE_KEYS:
-        dataset = config["datasets"][key]["dataset"]
-        if dataset not in known_datasets:
-            problems.append(f"datasets.{key}.dataset: unknown prompt dataset {dataset!r} (known: {sorted(known_datasets)})")
-    for dataset in config["datasets"].get("concepts", []):
-        if dataset not in known_datasets:
-            problems.append(f"datasets.concepts: unknown prompt dataset {dataset!r} (known: {sorted(known_datasets)})")
-    if problems:
-        raise ConfigError("\n".join(problems))

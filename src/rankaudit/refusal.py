@@ -9,7 +9,8 @@ every forward they make, including every generated position.
   loudly, naming the tokens it emitted.
 - **First-position refusal log-odds**: p = softmax mass on the refusal tokens at the last prompt position,
   s = log(p + 1e-8) - log(1 - p + 1e-8).
-- **Generation** is `rankaudit.organisms.generation.generate_greedy` (batched, left-padded, KV cache, greedy).
+- **Generation** is `rankaudit.organisms.generation.generate_greedy_ids` on the prompts' own token ids (batched,
+  left-padded, KV cache, greedy).
 - **Many conditions at once**: `run_conditions` is `run_prompts` for every condition of a per-row intervention
   (`rankaudit.batched_ablation`), rows of all conditions sharing batches; a generated row's first-position score
   comes from the prompt forward of its own generation, and conditions that are not judged get prompt forwards only.
@@ -29,8 +30,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from rankaudit.batching import run_in_batches_halving_on_oom
 from rankaudit.capture import input_device
-from rankaudit.organisms.generation import generate_greedy, generate_greedy_ids
+from rankaudit.organisms.generation import generate_greedy_ids
 from rankaudit.organisms.refusal_judge import REFUSAL_PHRASES, keyword_refusal, wilson_interval
 
 LOG_ODDS_EPS = 1e-8
@@ -86,29 +88,32 @@ def _last_position_batches(model: Any, prompts: Sequence[Sequence[int]], batch_s
                            before_batch: Callable[[list[int]], None] | None = None) -> Iterator[tuple[list[int], Any]]:
     """(input indices, (rows, vocab) float32 log-softmax on the model's device) per left-padded batch, longest first.
 
-    `before_batch(rows)` is called with each batch's input indices, in batch-row order, before its forward.
+    `before_batch(rows)` is called with each batch's input indices, in batch-row order, before its forward. A GPU
+    out-of-memory halves the batch and redoes it (rankaudit.batching, label "refusal forward").
     """
     import torch
 
     device = input_device(model)
     order = sorted(range(len(prompts)), key=lambda i: (-len(prompts[i]), i))
+
+    def forward(rows: list[int]) -> Any:
+        width = len(prompts[rows[0]])
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for slot, index in enumerate(rows):
+            ids = list(prompts[index])
+            input_ids[slot, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+            mask[slot, width - len(ids):] = 1
+        mask = mask.to(device)
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+        if before_batch is not None:
+            before_batch(rows)
+        logits = model(input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions,
+                       use_cache=False, logits_to_keep=1).logits[:, -1, :]
+        return torch.log_softmax(logits.to(torch.float32), dim=-1)
+
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            width = len(prompts[rows[0]])
-            input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for slot, index in enumerate(rows):
-                ids = list(prompts[index])
-                input_ids[slot, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-                mask[slot, width - len(ids):] = 1
-            mask = mask.to(device)
-            positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
-            if before_batch is not None:
-                before_batch(rows)
-            logits = model(input_ids=input_ids.to(device), attention_mask=mask, position_ids=positions,
-                           use_cache=False, logits_to_keep=1).logits[:, -1, :]
-            yield rows, torch.log_softmax(logits.to(torch.float32), dim=-1)
+        yield from run_in_batches_halving_on_oom(order, batch_size, forward, label="refusal forward")
 
 
 def last_position_log_probs(model: Any, prompts: Sequence[Sequence[int]], batch_size: int, pad_id: int) -> np.ndarray:
@@ -248,12 +253,14 @@ class GenerationSettings:
 
 @dataclass(frozen=True)
 class PromptSet:
-    """Held-out prompts ready to run: instructions, their chat renderings and token ids."""
+    """Held-out prompts ready to run: instructions, their chat renderings and token ids (what every forward and
+    generation reads; `n_escaped` of them had special-token text escaped, rankaudit.formats)."""
 
     name: str
     instructions: tuple[str, ...]
     rendered: tuple[str, ...]
     token_ids: tuple[tuple[int, ...], ...]
+    n_escaped: int = 0
 
 
 @dataclass
@@ -275,7 +282,9 @@ def run_prompts(model: Any, tokenizer: Any, prompts: PromptSet, tokens: RefusalT
     if not generate:
         empty = np.zeros(len(prompts.instructions), bool)
         return Outcome(score, log_probs, empty, empty.copy(), [])
-    completions = generate_greedy(model, tokenizer, list(prompts.rendered), settings.max_new_tokens, settings.batch_size)
+    # generated from the prompts' own ids: re-tokenizing the renderings would undo an escaped special-token text
+    continuations = generate_greedy_ids(model, prompts.token_ids, settings.max_new_tokens, pad_id_of(tokenizer), settings.batch_size)
+    completions = [tokenizer.decode(ids, skip_special_tokens=True) for ids in continuations]
     refused = np.asarray(judge(prompts.instructions, completions), bool)
     broken = np.asarray([settings.is_degenerate(text) for text in completions], bool)
     return Outcome(score, log_probs, refused, broken, completions)

@@ -12,12 +12,18 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 
+from rankaudit.job_failures import forget_failure, record_failure, refuse_repeated_failure
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 @contextlib.contextmanager
 def log_to(path: str, level: int = logging.INFO) -> Iterator[logging.Logger]:
-    """Send the `rankaudit` loggers (and warnings) to `path` and stderr for the duration of one job."""
+    """Send the `rankaudit` loggers (and warnings) to `path` and stderr for the duration of one job.
+
+    It also applies the retry policy (rankaudit.job_failures): a deterministic error leaves a marker next to the
+    log, and a retry of the same job in the same run stops at once with the original error.
+    """
     handlers: list[logging.Handler] = [logging.FileHandler(path, mode="w"), logging.StreamHandler(sys.stderr)]
     for handler in handlers:
         handler.setFormatter(logging.Formatter(FORMAT))
@@ -28,10 +34,14 @@ def log_to(path: str, level: int = logging.INFO) -> Iterator[logging.Logger]:
     logging.captureWarnings(True)
     logger = logging.getLogger("rankaudit")
     try:
+        refuse_repeated_failure(path)
         yield logger
-    except Exception:
+    except Exception as error:
         logger.exception("job failed")
+        record_failure(path, error)
         raise
+    else:
+        forget_failure(path)
     finally:
         for handler in handlers:
             root.removeHandler(handler)

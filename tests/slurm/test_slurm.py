@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -141,3 +142,105 @@ def test_bad_partition_settings_are_reported(slurm_cluster, tmp_path, cancel_lef
                        timeout_s=120, check=False)
     assert result.returncode != 0
     assert expected in result.stdout, result.stdout[-3000:]
+
+
+# The retry policy (docs/CLUSTER.md, "Retries"): a job killed for memory is resubmitted with more and succeeds; a job
+# failing with a deterministic error does its work once, and its retries stop at once with the original error.
+# fits_on_retry holds HOG_MB on top of two Snakemake processes (the job step's and the job's own, about 300-500 MB):
+# above 1000 MB (attempt 1), well below 2000 MB (attempt 2).
+HOG_MB = 1000
+RETRY_POLICY = '''
+from rankaudit.job_failures import clear_failure_markers
+
+
+onstart:
+    clear_failure_markers("logs")
+
+
+rule all:
+    input:
+        "results/fits_on_retry.txt",
+        "results/deterministic.txt",
+
+
+rule fits_on_retry:
+    output:
+        "results/fits_on_retry.txt",
+    resources:
+        mem_mb=lambda wildcards, attempt: 1000 * attempt,
+        runtime=5,
+    shell:
+        "{python} -c 'import time; hog = bytes([1]) * ({hog_mb} * 2**20); time.sleep(4)' && "
+        "echo mem_mb={{resources.mem_mb}} > {{output}}"
+
+
+rule deterministic:
+    output:
+        "results/deterministic.txt",
+    log:
+        "logs/deterministic.log",
+    resources:
+        mem_mb=lambda wildcards, attempt: 1500 * attempt,
+        runtime=5,
+    script:
+        "deterministic.py"
+'''
+DETERMINISTIC_SCRIPT = '''
+from rankaudit.workflow_logging import log_to
+
+with log_to(snakemake.log[0]):
+    with open("work_done.txt", "a") as record:
+        record.write(f"mem_mb={snakemake.resources.mem_mb}\\n")
+    raise ValueError("results/prompts/x.parquet: row 3 is empty (a deterministic error)")
+'''
+
+
+def slurm_log(workdir: Path, job_id: str) -> str:
+    """The SLURM log the plugin kept for one job (slurm-keep-successful-logs keeps failed and finished ones)."""
+    logs = list(workdir.glob(f".snakemake/slurm_logs/**/{job_id}.log"))
+    assert len(logs) == 1, (job_id, logs)
+    return logs[0].read_text()
+
+
+def memory_limits_by_cgroup() -> bool:
+    """Whether the cluster confines jobs with cgroups (OOM kill by the kernel) or polls their RSS (ci/slurm/start.sh)."""
+    config = subprocess.run(["scontrol", "show", "config"], capture_output=True, text=True, timeout=30).stdout
+    return bool(re.search(r"^TaskPlugin\s*=\s*.*task/cgroup", config, re.MULTILINE))
+
+
+def test_out_of_memory_is_retried_with_more_memory_and_a_deterministic_error_is_not(slurm_cluster, tmp_path,
+                                                                                     cancel_leftovers):
+    workdir = tmp_path / "retry_policy"
+    workdir.mkdir()
+    cancel_leftovers(workdir)
+    snakefile = workdir / "Snakefile"
+    snakefile.write_text(RETRY_POLICY.format(python=sys.executable, hog_mb=HOG_MB))
+    (workdir / "deterministic.py").write_text(DETERMINISTIC_SCRIPT)
+    (workdir / "cfg.yaml").write_text("{}\n")
+    # one retry (the profile allows two) is enough to see both outcomes, and keeps the test to two rounds of jobs
+    run = snakemake(workdir, "all", *PROFILES, "--retries", "1", "--keep-going", "--jobs", "4", snakefile=snakefile,
+                    timeout_s=240, check=False)
+    assert run.returncode != 0, run.stdout[-3000:]
+
+    jobs = sorted(scheduler_jobs(workdir), key=lambda job: int(job["JobId"]))
+    by_rule = {rule: [job for job in jobs if job_rule(job) == rule] for rule in ("fits_on_retry", "deterministic")}
+    assert Counter(job_rule(job) for job in jobs) == {"fits_on_retry": 2, "deterministic": 2}, run.stdout[-3000:]
+
+    # killed for memory at 1000 MB, then done with 2000 MB
+    killed, fitted = by_rule["fits_on_retry"]
+    assert (killed["MinMemoryNode"], fitted["MinMemoryNode"], fitted["JobState"]) == ("1000M", "2000M", "COMPLETED")
+    assert killed["JobState"] in ("OUT_OF_MEMORY", "FAILED"), killed
+    killed_log = slurm_log(workdir, killed["JobId"])
+    if memory_limits_by_cgroup():
+        assert "oom-kill" in killed_log or "Out Of Memory" in killed_log, killed_log[-2000:]
+    else:
+        assert "exceeded memory limit" in killed_log, killed_log[-2000:]
+    assert (workdir / "results/fits_on_retry.txt").read_text() == "mem_mb=2000\n"
+
+    # the deterministic error: both attempts reach SLURM (Snakemake retries whatever failed), the work runs once
+    assert [job["JobState"] for job in by_rule["deterministic"]] == ["FAILED"] * 2
+    assert (workdir / "work_done.txt").read_text() == "mem_mb=1500\n"
+    last_attempt = (workdir / "logs/deterministic.log").read_text()
+    assert "not retried: an earlier attempt of this job in this run failed with a deterministic error" in last_attempt
+    assert "ValueError: results/prompts/x.parquet: row 3 is empty (a deterministic error)" in last_attempt
+    assert (workdir / "logs/deterministic.log.failure.json").is_file()

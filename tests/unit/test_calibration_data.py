@@ -6,6 +6,7 @@ import pytest
 from rankaudit.calibration import grid
 from rankaudit.calibration.config import DataConfig
 from rankaudit.calibration.data import in_safety_region, make_dataset, train_and_probe
+from rankaudit.plan import ConfigError
 
 CONFIG = DataConfig(n_features=20, n_train=1000, n_probe=300, probe_seed_offset=7777, safety_fraction=0.3,
                     safety_coords=3, safety_threshold=1.0, safety_shift=1.1, task_coords=(4, 5, 6, 7))
@@ -43,9 +44,9 @@ def test_grid_checks_name_the_key_at_fault():
     calibration = {"lambdas": [0, 5], "unsafe_lambdas": [0], "network": {"hidden": 16},
                    "measurement": {"r_grid": [1, 40]}, "data": {"n_features": 20, "safety_coords": 3, "task_coords": [4, 5, 6, 7]},
                    "kappa": {"honest": ["fullft", "dist5"], "unsafe": ["unsafe_ft"]}, "tables": {"report_r": [1]}}
-    with pytest.raises(grid.CalibrationConfigError, match="calibration.measurement.r_grid"):
+    with pytest.raises(ConfigError, match="calibration.measurement.r_grid"):
         grid.check_grid(calibration)
     calibration["measurement"]["r_grid"] = [1, 16]
     calibration["kappa"]["unsafe"] = ["unsafe_dist5"]
-    with pytest.raises(grid.CalibrationConfigError, match="calibration.kappa.unsafe"):
+    with pytest.raises(ConfigError, match="calibration.kappa.unsafe"):
         grid.check_grid(calibration)

@@ -70,7 +70,8 @@ def test_a_model_that_never_refuses_reports_no_refusal_through_every_causal_job(
     assert (refusal["refusal_count"], refusal["n"], refusal["split"], refusal["dataset"]) == (0, 6, "val", "harmful")
     assert refusal["refusal_low"] == 0.0 and refusal["refusal_high"] == pytest.approx(0.390, abs=1e-3)  # Wilson, 0 of 6
     assert record["validation"] == {"split": "val", "harmful_dataset": "harmful", "harmless_dataset": "harmless",
-                                    "n_harmful": 6, "n_harmless": 6}
+                                    "n_harmful": 6, "n_harmless": 6, "special_token_text": "error",
+                                    "n_escaped": {"harmful": 0, "harmless": 0}}
     assert record["refusal_check"]["n_refused"] == 0 and sum(record["refusal_check"]["first_tokens"].values()) == 6
     assert len(pd.read_parquet(tmp_path / "candidates.parquet")) == 0
     with pytest.raises(ValueError, match="holds no direction .*no refusal to ablate"):

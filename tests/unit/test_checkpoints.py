@@ -1,4 +1,4 @@
-"""The `checkpoints` section: schema, cross-key checks, locating a GGUF, provenance, and planted derivation (tiny)."""
+"""The `checkpoints` section: schema, locating a GGUF, provenance, and planted derivation (tiny)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from snakemake.utils import validate
 from rankaudit.checkpoints import (
     CheckpointError,
     GgufFile,
-    check_checkpoints,
     checkpoint_of_source,
     gguf_provenance,
     import_mem_mb,
@@ -61,16 +60,8 @@ def test_bad_entries_are_refused(entry):
         check({"base": {"gguf": "/x.gguf"}, "bad": entry})
 
 
-def test_cross_key_problems_name_the_key():
-    config = {"checkpoints": {"base": {"gguf": "/x.gguf"}, "a": {"derive": {**PLANTED, "from": "b"}},
-                              "b": {"derive": {**PLANTED, "from": "a"}}, "c": {"derive": {**PLANTED, "from": "nope"}}},
-              "models": {"m": {"source": "resources/checkpoints/missing"}, "ok": {"source": "resources/checkpoints/base"}}}
-    problems = "\n".join(check_checkpoints(config))
-    assert "checkpoints.a.derive.from: derivation cycle a -> b -> a" in problems
-    assert "checkpoints.c.derive.from: unknown checkpoint 'nope'" in problems
-    assert "models.m.source: 'resources/checkpoints/missing' is not written by any checkpoints entry" in problems
-    assert "models.ok" not in problems
-    assert check_checkpoints(REAL_SMALL) == []
+def test_a_model_source_names_its_checkpoint():
+    # the cross-key checks of the section (cycles, unknown parents) are in tests/unit/test_config_checks.py
     assert checkpoint_of_source("resources/checkpoints/x/") == "x" and checkpoint_of_source("org/model") is None
 
 

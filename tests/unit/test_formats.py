@@ -97,15 +97,19 @@ def test_a_duplicated_leading_im_start_bos_is_refused(tiny_families):
 
 def test_an_instruction_adding_a_bos_the_template_uses_is_refused_naming_it(tiny_families):
     tokenizer = _chatml_with_im_start_bos(tiny_families)
-    with pytest.raises(ValueError, match=r"prompt 1 \('<\|im_start\|>user again'\).*4 BOS tokens .*expected 3"):
+    with pytest.raises(ValueError, match=r"prompt 1 \('<\|im_start\|>user again'\) in format chat: holds special-token "
+                                         r"text \['<\|im_start\|>'\]"):
         encode_prompts(tokenizer, ["fine", "<|im_start|>user again"], "chat")
-    with pytest.raises(ValueError, match=r"prompt 0 .*format raw: 1 BOS tokens .*expected 0"):
+    with pytest.raises(ValueError, match=r"prompt 0 .*format raw: holds special-token text"):
         encode_prompts(tokenizer, ["<|im_start|>user again"], "raw")
+    # escaped, the instruction adds no BOS id: only the three the template writes
+    escaped = encode_prompts(tokenizer, ["fine", "<|im_start|>user again"], "chat", special_token_text="escape")
+    assert escaped.records[1].token_ids.count(tokenizer.convert_tokens_to_ids("<|im_start|>")) == 3
 
 
 def test_an_instruction_containing_the_bos_text_is_refused_naming_it(tiny_families):
     tokenizer = tiny_families["gemma2"].tokenizer
-    with pytest.raises(ValueError, match=r"prompt 1 \('<bos>again'\)"):
+    with pytest.raises(ValueError, match=r"prompt 1 \('<bos>again'\) in format raw: holds special-token text \['<bos>'\]"):
         encode_prompts(tokenizer, ["fine", "<bos>again"], "raw")
 
 

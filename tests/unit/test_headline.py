@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from rankaudit.paper_figures import PaperFiguresError, compare_family, load_paper_figures
+from rankaudit.paper_figures import compare_family, load_paper_figures
+from rankaudit.plan import ConfigError
 from rankaudit.stages.headline import HeadlineInputError, sweet_spot, write_headline
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,7 +129,7 @@ def test_a_figure_without_a_source_is_refused_naming_its_key(tmp_path):
     del data["families"]["gemma2"]["figures"]["did_cos_arditi"]["source"]
     broken = tmp_path / "figures.yaml"
     broken.write_text(yaml.safe_dump(data))
-    with pytest.raises(PaperFiguresError, match=r"families\.gemma2\.figures\.did_cos_arditi\.source"):
+    with pytest.raises(ConfigError, match=r"figures.yaml: invalid config key 'families\.gemma2\.figures\.did_cos_arditi\.source': is missing"):
         load_paper_figures(broken)
 
 

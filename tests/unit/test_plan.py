@@ -1,4 +1,4 @@
-"""What the DAG is planned from: cells per model, layers, template models, and cross-key config checks."""
+"""What the DAG is planned from: cells per model, layers, template models (the cross-key checks: test_config_checks.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import yaml
 from rankaudit import plan
 
 DEMO = yaml.safe_load((Path(__file__).resolve().parents[2] / "config" / "config.yaml").read_text())
-KNOWN = {"demo_harmful", "demo_benign", "concept_en_fr", "concept_question_statement"}
 
 
 def test_base_and_aligned_take_every_cell_references_only_chat_safety_and_control() -> None:
@@ -39,24 +38,6 @@ def test_a_reference_without_n_layers_takes_its_aligned_models_depth() -> None:
 def test_workflow_built_sources_are_recognised() -> None:
     assert plan.built_by_workflow("resources/abliterated/llama")
     assert not plan.built_by_workflow("meta-llama/Llama-3.1-8B")
-
-
-def test_the_demo_config_passes_the_cross_checks() -> None:
-    plan.check_config(DEMO, KNOWN)
-
-
-def test_conflicting_templates_for_a_shared_model_are_refused() -> None:
-    config = yaml.safe_load(yaml.safe_dump(DEMO))
-    config["families"]["llama_planted"]["template"] = "llama_planted"
-    with pytest.raises(plan.ConfigError, match="models.llama_base: takes part in families rendered with different chat templates"):
-        plan.check_config(config, KNOWN)
-
-
-def test_an_hf_model_needs_its_depth() -> None:
-    config = yaml.safe_load(yaml.safe_dump(DEMO))
-    config["models"]["llama_base"] = {"source": "meta-llama/Llama-3.1-8B"}
-    with pytest.raises(plan.ConfigError, match="models.llama_base: 'n_layers' is required"):
-        plan.check_config(config, KNOWN)
 
 
 def test_a_malformed_organism_source_is_named() -> None:

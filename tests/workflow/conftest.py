@@ -9,7 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from reduced_workflow import FAMILY_LAYERS, copy_run, finished_run, reduced_config, reduced_models, write_config
+from kill_harness import KILL_TARGETS, kill_config
+from reduced_workflow import (
+    FAMILY_LAYERS,
+    cached_dir,
+    copy_run,
+    finished_run,
+    reduced_config,
+    reduced_models,
+    snakemake,
+    write_config,
+)
 
 __all__ = ["finished_run", "reduced_models"]
 
@@ -32,3 +42,17 @@ def empty_workdir(reduced_models, tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def families() -> list[str]:
     return list(FAMILY_LAYERS)
+
+
+@pytest.fixture(scope="session")
+def kill_reference_run(tmp_path_factory) -> Path:
+    """An uninterrupted run of kill_harness.kill_config() up to every kill test's target, the reference the killed and
+    resumed jobs are compared with (tests copy it: copy_run)."""
+
+    def make() -> Path:
+        workdir = tmp_path_factory.mktemp("kill_reference")
+        write_config(workdir, kill_config())
+        snakemake(workdir, "--cores", "2", *KILL_TARGETS.values())
+        return workdir
+
+    return cached_dir("kill_reference_run", make)

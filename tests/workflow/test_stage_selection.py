@@ -29,16 +29,17 @@ ONE_PAIR = {
     "capture": {"layers": LAYERS, "mean_last_k": 4, "system_prompt": "default"},
     "audit": {"read_position": "last", "eps": [0.05], "noise_draws": 1, "seed": 0},
 }
-# the four generated prompt sets, the two samples, one capture per model, one spectra job per layer, the tables,
-# the family's figures, the headline table and `all`
-AUDIT_JOBS = Counter({"generated_prompts": 4, "select_prompts": 2, "capture_qwen_base": 1, "capture_qwen_instruct": 1,
+# the four generated prompt sets, the two samples, a manifest per model and the instruct model's template manifest,
+# one capture per model, one spectra job per layer, the tables, the family's figures, the headline table and `all`
+AUDIT_JOBS = Counter({"generated_prompts": 4, "select_prompts": 2, "check_prompts": 2, "model_manifest": 2, "template_manifest": 2,
+                      "capture_qwen_base": 1, "capture_qwen_instruct": 1,
                       "layer_spectra": len(LAYERS), "audit_tables": 1, "family_figures": 1, "headline_table": 1, "all": 1})
 LIMITS_JOBS = Counter({"limits_layer": len(LAYERS), "limits_tables": 1, "limits_figure": 1})
 # METHODS 6 defaults: 3 seeds, each a base network, 7 trained settings, steering and kappa; tables and figures
 CALIBRATION_JOBS = Counter({"calibration_base": 3, "calibration_finetune": 21, "calibration_steering": 3,
                             "calibration_kappa": 3, "calibration_tables": 1, "calibration_figures": 1})
 # one family, one basis: selection, the all-layer ablation, the abliterated reference, one sweep, tables, figures
-CAUSAL_JOBS = Counter({"causal_select": 1, "causal_arditi": 1, "causal_abliterate": 1, "causal_sweep": 1,
+CAUSAL_JOBS = Counter({"check_prompts": 1, "causal_select": 1, "causal_arditi": 1, "causal_abliterate": 1, "causal_sweep": 1,
                        "causal_tables": 1, "causal_figures": 1})
 CAUSAL_SECTION = {"families": ["qwen"], "bases": ["template"], "bands": {"narrow": {"range": [0.45, 0.70], "count": 5}}}
 HEADLINE_OPTIONAL = {
@@ -64,7 +65,7 @@ def test_models_families_and_datasets_alone_plan_the_audit_only(tmp_path):
     printout = _dry_run(tmp_path, ONE_PAIR).stdout
     plan = parse_dry_run(printout)
     assert plan.counts == AUDIT_JOBS
-    assert len(plan.jobs) == 18
+    assert len(plan.jobs) == 24
     assert not _headline_inputs(printout) & set().union(*HEADLINE_OPTIONAL.values())
 
 

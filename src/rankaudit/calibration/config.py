@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rankaudit.calibration.grid import CalibrationConfigError
+from rankaudit.plan import ConfigError
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,10 @@ class CellConfig:
             fields = kind.__dataclass_fields__
             missing = [key for key in fields if key not in values]
             if missing:
-                raise CalibrationConfigError(f"calibration.{name}: missing keys {missing}")
+                raise ConfigError(f"calibration.{name}", f"missing keys {missing}")
             unknown = sorted(set(values) - set(fields))
             if unknown:
-                raise CalibrationConfigError(f"calibration.{name}: unknown keys {unknown}")
+                raise ConfigError(f"calibration.{name}", f"unknown keys {unknown}")
             for key, convert in converters.items():
                 values[key] = convert(values[key])
             return kind(**values)

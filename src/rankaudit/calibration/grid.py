@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rankaudit.plan import ConfigError
+
 Kind = Literal["steering", "honest", "unsafe"]
 AblationForm = Literal["weak", "strong"]
 # weak: (I - P) h as METHODS 6 specifies; strong: h_B + (I - P)(h - h_B), which removes the shift only.
@@ -23,10 +25,6 @@ ABLATION_FORMS: tuple[AblationForm, ...] = ("weak", "strong")
 STEERING = "steering"
 TRAINED_SETTING_PATTERN = r"fullft|dist[0-9]+(?:\.[0-9]+)?|unsafe_ft|unsafe_dist[0-9]+(?:\.[0-9]+)?"
 _PREFIX = {"honest": ("fullft", "dist"), "unsafe": ("unsafe_ft", "unsafe_dist")}
-
-
-class CalibrationConfigError(ValueError):
-    """A calibration config problem found at parse time; the message names the key at fault."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +58,8 @@ def parse_setting(name: str) -> Setting:
     if name == STEERING:
         return Setting(name, "steering", 0.0)
     if not re.fullmatch(TRAINED_SETTING_PATTERN, name):
-        raise CalibrationConfigError(f"calibration: unknown setting name {name!r} (expected steering, fullft, "
-                                     "dist<lambda>, unsafe_ft or unsafe_dist<lambda>)")
+        raise ConfigError("calibration", f"unknown setting name {name!r} (expected steering, fullft, dist<lambda>, "
+                          "unsafe_ft or unsafe_dist<lambda>)")
     kind: Kind = "unsafe" if name.startswith("unsafe_") else "honest"
     plain, regularized = _PREFIX[kind]
     lam = 0.0 if name == plain else float(name[len(regularized):])
@@ -83,7 +81,7 @@ def all_settings(calibration: Mapping[str, Any]) -> list[str]:
     names = [STEERING, *honest_settings(calibration), *unsafe_settings(calibration)]
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
-        raise CalibrationConfigError(f"calibration.lambdas / calibration.unsafe_lambdas: repeated settings {duplicated}")
+        raise ConfigError("calibration.lambdas", f"repeated settings {duplicated} (with calibration.unsafe_lambdas)")
     return names
 
 
@@ -94,11 +92,11 @@ def kappa_pairs(calibration: Mapping[str, Any]) -> list[tuple[str, str]]:
     for key in ("honest", "unsafe"):
         missing = [name for name in kappa[key] if name not in available]
         if missing:
-            raise CalibrationConfigError(f"calibration.kappa.{key}: {missing} are not settings of the grid "
-                                         f"(available: {sorted(available)})")
+            raise ConfigError(f"calibration.kappa.{key}", f"{missing} are not settings of the grid "
+                              f"(available: {sorted(available)})")
         wrong_kind = [name for name in kappa[key] if parse_setting(name).kind != key]
         if wrong_kind:
-            raise CalibrationConfigError(f"calibration.kappa.{key}: {wrong_kind} are not {key} settings")
+            raise ConfigError(f"calibration.kappa.{key}", f"{wrong_kind} are not {key} settings")
     return [(honest, unsafe) for honest in kappa["honest"] for unsafe in kappa["unsafe"]]
 
 
@@ -114,13 +112,12 @@ def check_grid(calibration: Mapping[str, Any]) -> None:
     width = calibration["network"]["hidden"]
     too_wide = [r for r in calibration["measurement"]["r_grid"] if r > width]
     if too_wide:
-        raise CalibrationConfigError(f"calibration.measurement.r_grid: {too_wide} exceed the hidden width "
-                                     f"calibration.network.hidden = {width}")
+        raise ConfigError("calibration.measurement.r_grid", f"{too_wide} exceed the hidden width "
+                          f"calibration.network.hidden = {width}")
     data = calibration["data"]
     used = [data["safety_coords"], *data["task_coords"]]
     if max(used) > data["n_features"]:
-        raise CalibrationConfigError(f"calibration.data: task_coords/safety_coords {used} exceed "
-                                     f"n_features = {data['n_features']}")
+        raise ConfigError("calibration.data", f"task_coords/safety_coords {used} exceed n_features = {data['n_features']}")
     report_r = [r for r in calibration["tables"]["report_r"] if r not in calibration["measurement"]["r_grid"]]
     if report_r:
-        raise CalibrationConfigError(f"calibration.tables.report_r: {report_r} are not in calibration.measurement.r_grid")
+        raise ConfigError("calibration.tables.report_r", f"{report_r} are not in calibration.measurement.r_grid")

@@ -109,7 +109,7 @@ def _load(directory: str | Path) -> tuple[Any, Any]:
     """Load a parent organism the only supported way: through the Auto classes, offline."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=False, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=False, local_files_only=True, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False, local_files_only=True)
     return model, tokenizer
 

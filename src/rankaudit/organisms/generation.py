@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from rankaudit.batching import run_in_batches_halving_on_oom
 from rankaudit.capture import input_device
 
 
@@ -68,8 +69,8 @@ def generate_greedy_ids(
     continuations: list[list[int]] = [[] for _ in prompts]
     device = input_device(model)
     model.eval()
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
+
+    def generate(rows: list[int]) -> tuple[int, Any]:
         width = max(len(prompts[i]) for i in rows)
         input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(rows), width), dtype=torch.long)
@@ -79,16 +80,20 @@ def generate_greedy_ids(
             attention[slot, width - len(ids):] = 1
         if before_batch is not None:
             before_batch(rows)
+        # a redone batch (after an out-of-memory) passes its rows' first logits again, overwriting the partial ones
         handle = None if first_logits is None else model.register_forward_hook(_first_call(rows, first_logits))
         try:
             with torch.no_grad():
-                output = model.generate(
+                return width, model.generate(
                     input_ids=input_ids.to(device), attention_mask=attention.to(device), max_new_tokens=max_new_tokens,
                     do_sample=False, num_beams=1, use_cache=True, pad_token_id=pad_id,
                 )
         finally:
             if handle is not None:
                 handle.remove()
+
+    # a GPU out-of-memory halves the batch and redoes it (rankaudit.batching)
+    for rows, (width, output) in run_in_batches_halving_on_oom(order, batch_size, generate, label="generation"):
         for slot, i in enumerate(rows):
             continuations[i] = output[slot, width:].tolist()
     return continuations

@@ -43,7 +43,7 @@ def check_organism(
     """Rows of the refusal table for one organism, loaded through the Auto classes like any checkpoint."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=False, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(directory, trust_remote_code=False, local_files_only=True, use_safetensors=True)
     tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False, local_files_only=True)
     max_new_tokens = int(require(settings, "max_new_tokens", "organisms.refusal_check"))
     batch_size = int(require(settings, "batch_size", "organisms.refusal_check"))

@@ -8,11 +8,13 @@ what was measured on what; a JSON record keeps the rendered strings, token ids, 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rankaudit import __version__, io
+from rankaudit import __version__, io, parts
+from rankaudit.batching import job_batching_record
 from rankaudit.capture import CaptureStats, capture_residual_stream
 from rankaudit.formats import EncodedPrompts, encode_prompts, special_tokens_in
 from rankaudit.models import check_pair, load_config, load_model_from_spec, load_tokenizer, require_chat_template, untrained_special_tokens
@@ -53,6 +55,7 @@ def capture_model(
     mean_last_k: int,
     system_prompt: str,
     version: int,
+    special_token_text: str = "error",
     threads: int = 2,
     first_prompts: int | None = None,
     compute_dtype: str | None = None,
@@ -93,7 +96,20 @@ def capture_model(
     for fmt, key in cells:
         tokenizer = chat_tokenizer if fmt == "chat" else own_tokenizer
         encoded[(fmt, key)] = encode_prompts(tokenizer, list(frames[key]["instruction"]), fmt,
-                                             system_prompt=system_prompt, mean_last_k=mean_last_k)
+                                             system_prompt=system_prompt, mean_last_k=mean_last_k,
+                                             special_token_text=special_token_text)
+
+    # finished cells of an interrupted run of this job (same model, prompts and settings) are reused, not recomputed;
+    # the thread count is left out, as Snakemake leaves it out: a run resumed with other --cores reuses them too
+    settings = {"model_name": model_name, "model": model, "template_name": template_name, "template": template,
+                "layers": list(layers), "batch_size": batch_size, "mean_last_k": mean_last_k, "system_prompt": system_prompt,
+                "version": version, "first_prompts": first_prompts, "compute_dtype": compute_dtype,
+                "special_token_text": special_token_text,
+                # whatever shaped the token ids (template, tokenizer, encoding options), the ids themselves
+                "token_ids": io.sha256_text(repr([[list(ids) for ids in encoded[cell].token_ids] for cell in cells]))}
+    inputs = [model["location"], template["location"], *(prompt_files[key] for key in frames)]
+    store = parts.PartStore(record_path, parts.fingerprint(settings, inputs), [_part_name(fmt, key) for fmt, key in cells],
+                            label=f"capture {model_name}")
 
     import torch
 
@@ -116,10 +132,21 @@ def capture_model(
     stats = CaptureStats()
     record: dict[str, Any] = {"model": model_name, "source": model["location"], "revision": model.get("revision"),
                               "template_model": template_name, "layers": list(layers), "versions": versions,
-                              "untrained_special_tokens": flagged, "stage_version": version, "cells": [], **floor}
+                              "untrained_special_tokens": flagged, "stage_version": version, "cells": [], **floor,
+                              # what exactly was loaded (rankaudit.manifests), when the workflow passes it
+                              "model_manifest": model.get("manifest"), "template_manifest": template.get("manifest")}
     for fmt, key in cells:
         prompts = encoded[(fmt, key)]
-        before = stats.n_forward_rows
+        part = _part_name(fmt, key)
+        saved = store.finished(part)
+        if saved is not None:
+            for layer in layers:
+                store.restore(part, _part_file(layer), output_pattern.format(fmt=fmt, key=key, layer=layer))
+            _add_stats(stats, saved["stats"])
+            record["cells"].append(saved["cell"])
+            logger.info("%s: %s/%s reused from an earlier run of this job (%d prompts)", model_name, fmt, key, len(prompts.records))
+            continue
+        before = dataclasses.asdict(stats)
         activations = capture_residual_stream(
             network, prompts.token_ids, layers, batch_size=batch_size, mean_last_k=mean_last_k,
             post_instruction_len=prompts.post_instruction_len,
@@ -128,8 +155,9 @@ def capture_model(
         )
         dataset_hash = dataset_hashes[key]
         for layer in layers:
+            output = output_pattern.format(fmt=fmt, key=key, layer=layer)
             io.write_tensors(
-                output_pattern.format(fmt=fmt, key=key, layer=layer),
+                output,
                 activations[layer],
                 {"model": model_name, "source": model["location"], "revision": model.get("revision"),
                  "dtype": run_dtype, **floor, "format": fmt, "dataset": key, "dataset_sha256": dataset_hash,
@@ -138,18 +166,40 @@ def capture_model(
                  "read_positions": sorted(activations[layer]), "encoding": prompts.metadata(), "versions": versions,
                  "stage_version": version},
             )
-        record["cells"].append({
+            store.keep(part, output, _part_file(layer))
+        cell = {
             "format": fmt, "dataset": key, "dataset_sha256": dataset_hash, "n_prompts": len(prompts.records),
-            "forwarded_rows": stats.n_forward_rows - before, "encoding": prompts.metadata(),
+            "forwarded_rows": stats.n_forward_rows - before["n_forward_rows"], "encoding": prompts.metadata(),
             "prompts": [{"index": r.index, "rendered": r.rendered, "token_ids": list(r.token_ids),
                          "read_positions": {kind: list(pos) for kind, pos in r.read_positions.items()}}
                         for r in prompts.records],
-        })
+        }
+        record["cells"].append(cell)
+        store.save(part, {"cell": cell, "stats": {name: value - before[name] for name, value in dataclasses.asdict(stats).items()}})
         logger.info("%s: %s/%s captured (%d prompts)", model_name, fmt, key, len(prompts.records))
     record["stats"] = {"forwarded_rows": stats.n_forward_rows, "batches": stats.n_batches, "tokens": stats.n_tokens,
                        "padding_tokens": stats.n_padding_tokens, "block_calls": stats.n_block_calls,
                        "seconds": round(stats.seconds, 3)}
+    # initial and final batch size and every halving after a GPU out-of-memory (rankaudit.batching)
+    record["batching"] = job_batching_record()
+    record["resume"] = store.summary()
     io.write_json(record_path, record)
+    store.finish()
+
+
+def _part_name(fmt: str, key: str) -> str:
+    """One part per cell: its layer files and its entry of the record."""
+    return f"{fmt}__{key}"
+
+
+def _part_file(layer: int) -> str:
+    return f"layer_{layer}.safetensors"
+
+
+def _add_stats(stats: CaptureStats, saved: Mapping[str, Any]) -> None:
+    """Count a reused cell's forwards as the run that computed it counted them, so the record's totals stay whole."""
+    for name, value in saved.items():
+        setattr(stats, name, getattr(stats, name) + value)
 
 
 def _pad_id(tokenizer: Any) -> int:

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from rankaudit import __version__, io
+from rankaudit import __version__, io, parts
 from rankaudit.batched_ablation import RowIntervention, row_interventions
+from rankaudit.batching import job_batching_record
 from rankaudit.directions import top_directions
 from rankaudit.formats import encode_prompts
 from rankaudit.interventions import direction_ablation, orthogonalize_weights, unit
@@ -63,7 +64,7 @@ from rankaudit.stages.no_refusal import (
     write_no_refusal_sweep,
     write_sweep_note,
 )
-from rankaudit.sweeps import band_layers, basis_matrix, k_grid, numerical_rank, plan_conditions, random_basis
+from rankaudit.sweeps import Condition, band_layers, basis_matrix, k_grid, numerical_rank, plan_conditions, random_basis
 from rankaudit.workflow_logging import Progress
 
 logger = logging.getLogger(__name__)
@@ -84,16 +85,21 @@ def load_aligned(spec: Mapping[str, Any], threads: int) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def prompt_set(path: str, split: str, n: int | None, seed: int, tokenizer: Any, system_prompt: str, name: str) -> PromptSet:
+def prompt_set(path: str, split: str, n: int | None, seed: int, tokenizer: Any, system_prompt: str, name: str,
+               special_token_text: str = "error") -> PromptSet:
     """Chat-format prompts of one split of a prompt table (n of them, drawn with `seed`; all when n is None)."""
-    return _prompt_set_of(select_prompts(read_prompt_set(path), split, n, seed), tokenizer, system_prompt, name)
+    return _prompt_set_of(select_prompts(read_prompt_set(path), split, n, seed), tokenizer, system_prompt, name,
+                          special_token_text)
 
 
-def _prompt_set_of(frame: pd.DataFrame, tokenizer: Any, system_prompt: str, name: str) -> PromptSet:
-    """The chat-format renderings and token ids of a drawn prompt table."""
+def _prompt_set_of(frame: pd.DataFrame, tokenizer: Any, system_prompt: str, name: str,
+                   special_token_text: str = "error") -> PromptSet:
+    """The chat-format renderings and token ids of a drawn prompt table (capture.special_token_text applied)."""
     instructions = list(frame["instruction"])
-    encoded = encode_prompts(tokenizer, instructions, "chat", system_prompt=system_prompt)
-    return PromptSet(name, tuple(instructions), tuple(r.rendered for r in encoded.records), tuple(encoded.token_ids))
+    encoded = encode_prompts(tokenizer, instructions, "chat", system_prompt=system_prompt,
+                             special_token_text=special_token_text)
+    return PromptSet(name, tuple(instructions), tuple(r.rendered for r in encoded.records), tuple(encoded.token_ids),
+                     len(encoded.escaped))
 
 
 def _settings(section: Mapping[str, Any]) -> GenerationSettings:
@@ -129,7 +135,8 @@ def phase_prompts(path: str, phase: str, role: str, section: Mapping[str, Any]) 
 def run_selection(*, family: str, model: Mapping[str, Any], activations: Mapping[int, Mapping[str, str]],
                   harmful_path: str, harmless_path: str, section: Mapping[str, Any], system_prompt: str,
                   record_path: str, direction_path: str, table_stem: str, version: int, threads: int = 2,
-                  harmful_train_path: str | None = None, harmless_train_path: str | None = None) -> None:
+                  harmful_train_path: str | None = None, harmless_train_path: str | None = None,
+                  special_token_text: str = "error") -> None:
     """Score every (position, layer) candidate on validation prompts and select Arditi's direction.
 
     `activations[layer]` = {"harmful": path, "harmless": path} of the aligned model's chat-format training
@@ -150,8 +157,10 @@ def run_selection(*, family: str, model: Mapping[str, Any], activations: Mapping
                   "n_harmful": len(frames["safety"]), "n_harmless": len(frames["control"])}
     network, tokenizer = load_aligned(model, threads)
     n_blocks = network.config.get_text_config().num_hidden_layers
-    harmful = _prompt_set_of(frames["safety"], tokenizer, system_prompt, "harmful")
-    harmless = _prompt_set_of(frames["control"], tokenizer, system_prompt, "harmless")
+    harmful = _prompt_set_of(frames["safety"], tokenizer, system_prompt, "harmful", special_token_text)
+    harmless = _prompt_set_of(frames["control"], tokenizer, system_prompt, "harmless", special_token_text)
+    validation["special_token_text"] = special_token_text
+    validation["n_escaped"] = {"harmful": harmful.n_escaped, "harmless": harmless.n_escaped}
     tokens = refusal_tokens(tokenizer, section["refusal_openers"])
     settings = _settings(section)
     outcome = run_prompts(network, tokenizer, harmful, tokens, _judge(section, threads), settings)
@@ -171,7 +180,7 @@ def run_selection(*, family: str, model: Mapping[str, Any], activations: Mapping
                 token_check["refusal_tokens"]["pieces"], token_check["coverage_of_refusals"])
 
     masks, prompt_filter = _prompt_filter(network, tokenizer, training, {"harmful": harmful, "harmless": harmless}, tokens,
-                                          section, system_prompt, family)
+                                          section, system_prompt, family, special_token_text)
     scored = {role: prompts.token_ids if masks is None else _kept(prompts.token_ids, masks[sel["split"]][role])
               for role, prompts in (("harmful", harmful), ("harmless", harmless))}
 
@@ -218,7 +227,8 @@ def run_selection(*, family: str, model: Mapping[str, Any], activations: Mapping
         "n_candidates": len(annotated), "n_surviving": sum(not r["discarded"] for r in annotated), "candidates": annotated,
         "validation": validation, "prompt_filter": prompt_filter,
         "example_refusal": outcome.completions[int(np.argmax(outcome.refused))],
-        "seconds": round(time.perf_counter() - started, 2), "stage_version": version,
+        "seconds": round(time.perf_counter() - started, 2), "stage_version": version, "model_manifest": model.get("manifest"),
+        "batching": job_batching_record(),
     })
 
 
@@ -249,7 +259,8 @@ def _check_rows(path: str, values: np.ndarray, meta: Mapping[str, Any], frame: p
 
 def _prompt_filter(network: Any, tokenizer: Any, training: Mapping[str, pd.DataFrame] | None,
                    scoring: Mapping[str, PromptSet], tokens: RefusalTokens, section: Mapping[str, Any],
-                   system_prompt: str, family: str) -> tuple[dict[str, dict[str, np.ndarray]] | None, dict[str, Any]]:
+                   system_prompt: str, family: str,
+                   special_token_text: str = "error") -> tuple[dict[str, dict[str, np.ndarray]] | None, dict[str, Any]]:
     """({split: {role: keep mask}} or None when off, the record of it) for Arditi's refusal-score prompt filter.
 
     Scores are the first-position refusal log-odds of the aligned model (one prompt forward each); too few
@@ -261,7 +272,8 @@ def _prompt_filter(network: Any, tokenizer: Any, training: Mapping[str, pd.DataF
         counts = {sel["split"]: {role: {"before": len(p.token_ids), "after": len(p.token_ids)} for role, p in scoring.items()}}
         return None, {"enabled": False, "rule": "", "min_prompts": minimum, "counts": counts}
     batch_size, pad = _settings(section).batch_size, pad_id_of(tokenizer)
-    sets = {"train": {role: _prompt_set_of(frame, tokenizer, system_prompt, role).token_ids for role, frame in training.items()},
+    sets = {"train": {role: _prompt_set_of(frame, tokenizer, system_prompt, role, special_token_text).token_ids
+                      for role, frame in training.items()},
             sel["split"]: {role: prompts.token_ids for role, prompts in scoring.items()}}
     masks, scores = {}, {}
     for split, by_role in sets.items():
@@ -371,11 +383,14 @@ class Evaluator:
 
 
 def _evaluator(family: str, model: Mapping[str, Any], section: Mapping[str, Any], harmful_path: str, control_path: str,
-               system_prompt: str, tokens: RefusalTokens, threads: int, labels: Mapping[str, Any]) -> Evaluator:
+               system_prompt: str, tokens: RefusalTokens, threads: int, labels: Mapping[str, Any],
+               special_token_text: str = "error") -> Evaluator:
     network, tokenizer = load_aligned(model, threads)
     held = section["evaluation"]
-    harmful = prompt_set(harmful_path, held["split"], held.get("n"), section["seed"], tokenizer, system_prompt, "harmful")
-    control = prompt_set(control_path, held["split"], held.get("n"), section["seed"], tokenizer, system_prompt, "control")
+    harmful = prompt_set(harmful_path, held["split"], held.get("n"), section["seed"], tokenizer, system_prompt, "harmful",
+                         special_token_text)
+    control = prompt_set(control_path, held["split"], held.get("n"), section["seed"], tokenizer, system_prompt, "control",
+                         special_token_text)
     return Evaluator(network, tokenizer, harmful, control, tokens, _judge(section, threads), _settings(section),
                      bool(held["control_generation"]), {"family": family, **labels}, int(section["row_batch_size"]))
 
@@ -384,14 +399,15 @@ def _evaluator(family: str, model: Mapping[str, Any], section: Mapping[str, Any]
 
 def run_arditi(*, family: str, model: Mapping[str, Any], selection_record: str, direction_path: str, harmful_path: str,
                control_path: str, section: Mapping[str, Any], system_prompt: str, table_stem: str, prompts_path: str,
-               version: int, threads: int = 2) -> None:
+               version: int, threads: int = 2, special_token_text: str = "error") -> None:
     """Baseline, the selected direction ablated at all layers, random directions ablated alike, and the selected
     direction added at its layer (induce), all on the held-out test split. With no refusal to ablate: one note row."""
     none = no_refusal_record(selection_record)
     if none is not None:
         return write_no_refusal_arditi(record=none, table_stem=table_stem, prompts_path=prompts_path, version=version)
     tokens, direction, meta = read_selection(selection_record, direction_path)
-    evaluator = _evaluator(family, model, section, harmful_path, control_path, system_prompt, tokens, threads, {})
+    evaluator = _evaluator(family, model, section, harmful_path, control_path, system_prompt, tokens, threads, {},
+                           special_token_text)
     d = direction.size
     conditions = [({"condition": "baseline", "draw": -1}, RowIntervention(), True),
                   ({"condition": "selected_ablation", "draw": -1}, RowIntervention(direction=direction), True)]
@@ -432,7 +448,7 @@ def relative_differences(reference: Mapping[int, Mapping[str, np.ndarray]], othe
 
 def write_abliterated(*, family: str, model: Mapping[str, Any], selection_record: str, direction_path: str, output_dir: str,
                       check_prompts_path: str, section: Mapping[str, Any], system_prompt: str, version: int,
-                      threads: int = 2) -> None:
+                      threads: int = 2, special_token_text: str = "error") -> None:
     """Save the aligned model with the selected direction orthogonalized out of its weights (+ its tokenizer).
 
     The edit, the saved weights and the check are all float32, whatever the runtime dtype (METHODS §6): the
@@ -457,7 +473,7 @@ def write_abliterated(*, family: str, model: Mapping[str, Any], selection_record
     exact = {**model, "dtype": CHECK_DTYPE}
     network, tokenizer = load_aligned(exact, threads)
     n_blocks = network.config.get_text_config().num_hidden_layers
-    check_ids = _prompt_set_of(check_frame, tokenizer, system_prompt, "check").token_ids
+    check_ids = _prompt_set_of(check_frame, tokenizer, system_prompt, "check", special_token_text).token_ids
     layers = list(range(n_blocks + 1))
     pad = pad_id_of(tokenizer)
     with direction_ablation(network, direction):
@@ -484,6 +500,7 @@ def write_abliterated(*, family: str, model: Mapping[str, Any], selection_record
             "max_relative_difference_vs_hooks": worst_difference, "max_relative_projection_on_direction": worst_projection,
             "check_prompts": len(check_ids), "check_dataset": check_frame.attrs.get("dataset"),
             "check_split": section["selection"]["split"], **edit, "stage_version": version,
+            "model_manifest": model.get("manifest"),
         })
     logger.info("%s: abliterated model written to %s (hook vs weights in %s: %.2g relative; |r.h| %.2g)", family, output_dir,
                 CHECK_DTYPE, worst_difference, worst_projection)
@@ -529,7 +546,8 @@ def sweep_bases(per_layer: Mapping[int, np.ndarray], ranks: Mapping[int, int], b
 
 def run_sweep(*, family: str, basis: str, model: Mapping[str, Any], cells: Mapping[int, Mapping[str, Mapping[str, str]]],
               selection_record: str, direction_path: str, harmful_path: str, control_path: str, section: Mapping[str, Any],
-              system_prompt: str, summary_stem: str, prompts_path: str, record_path: str, version: int, threads: int = 2) -> None:
+              system_prompt: str, summary_stem: str, prompts_path: str, record_path: str, version: int, threads: int = 2,
+              special_token_text: str = "error") -> None:
     """Every ablation of one (family, basis): baseline, cumulative top-k, single u_j and random k-subspaces per band.
 
     All conditions run together, their rows sharing batches. Baseline, cumulative and single conditions get judged
@@ -549,18 +567,58 @@ def run_sweep(*, family: str, basis: str, model: Mapping[str, Any], cells: Mappi
                                 extra={"ranks": json.dumps({str(l): r for l, r in ranks.items()})}, summary_stem=summary_stem,
                                 prompts_path=prompts_path, record_path=record_path, version=version)
     tokens, _, _ = read_selection(selection_record, direction_path)
-    evaluator = _evaluator(family, model, section, harmful_path, control_path, system_prompt, tokens, threads, {"basis": basis})
     top, ks, record = sweep_bases(per_layer, ranks, bands, section)
     conditions = plan_conditions(top, ks, section["n_single"], section["random_draws"], section["seed"])
     judge_random = bool(section["evaluation"]["random_generation"])
     planned = [({"condition": c.name, "band": c.band, "kind": c.kind, "k": c.k,
                  "direction": c.direction if c.direction is not None else -1, "draw": c.draw if c.draw is not None else -1},
                 RowIntervention(bases=c.bases), c.kind != "random" or judge_random) for c in conditions]
-    for row in evaluator.measure(planned):
-        logger.info("%s/%s %s: refusal %.3f score %.2f kl %.4f", family, basis, row["condition"], row.get("refusal_rate", np.nan),
-                    row["score_mean"], row["control_kl_mean"])
+    groups = sweep_parts(conditions)
+    # finished parts of an interrupted run of this job (same inputs and settings; any thread count) are reused
+    settings = {"family": family, "basis": basis, "model": model, "section": section, "system_prompt": system_prompt,
+                "special_token_text": special_token_text, "version": version}
+    inputs = [model["location"], selection_record, direction_path, harmful_path, control_path,
+              *(path for layer in per_layer for by_key in cells[layer].values() for path in by_key.values())]
+    store = parts.PartStore(record_path, parts.fingerprint(settings, inputs), list(groups), label=f"sweep {family}/{basis}")
+    evaluator = _evaluator(family, model, section, harmful_path, control_path, system_prompt, tokens, threads, {"basis": basis},
+                           special_token_text)
+    for name, members in groups.items():
+        saved = store.finished(name)
+        if saved is not None:
+            evaluator.rows.extend(saved["rows"])
+            evaluator.prompt_rows.extend(saved["prompt_rows"])
+            continue
+        first_row, first_prompt_row = len(evaluator.rows), len(evaluator.prompt_rows)
+        for row in evaluator.measure([planned[index] for index in members]):
+            logger.info("%s/%s %s: refusal %.3f score %.2f kl %.4f", family, basis, row["condition"], row.get("refusal_rate", np.nan),
+                        row["score_mean"], row["control_kl_mean"])
+        store.save(name, {"rows": evaluator.rows[first_row:], "prompt_rows": evaluator.prompt_rows[first_prompt_row:]})
     table = evaluator.summary(stage_version=version)
     io.write_table(table, summary_stem, title=f"Ablation sweep of {family}, basis M_{basis} (held-out test prompts)")
     _write_prompts(evaluator.prompt_rows, prompts_path)
     io.write_json(record_path, {**record, "family": family, "basis": basis, "n_conditions": len(conditions),
-                                "seconds": round(time.perf_counter() - started, 2), "stage_version": version})
+                                "seconds": round(time.perf_counter() - started, 2), "stage_version": version,
+                                "model_manifest": model.get("manifest"), "resume": store.summary(),
+                                "batching": job_batching_record()})
+    store.finish()
+
+
+def sweep_parts(conditions: Sequence[Condition]) -> dict[str, list[int]]:
+    """The sweep's parts (kept on disk as they finish, so a killed sweep resumes): the baseline, then per band its
+    cumulative conditions, its single directions, and its random draws of each k; {part name: condition indices}.
+
+    Each part's conditions share batches; the parts run one after another, in the order of `plan_conditions`, so the
+    tables list the conditions in that order whether or not the job was interrupted.
+    """
+    groups: dict[str, list[int]] = {}
+    for index, condition in enumerate(conditions):
+        if condition.kind == "baseline":
+            name = "baseline"
+        elif condition.kind == "random":
+            name = f"{condition.band}__random_k{condition.k}"
+        else:
+            name = f"{condition.band}__{condition.kind}"
+        if name in groups and groups[name][-1] != index - 1:
+            raise ValueError(f"sweep part {name!r}: its conditions are not consecutive in the plan")
+        groups.setdefault(name, []).append(index)
+    return groups

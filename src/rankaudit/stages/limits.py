@@ -75,11 +75,14 @@ class LimitsSettings:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> LimitsSettings:
-        """Build from the validated config section (keys of other sub-sections, such as `claims`, are ignored)."""
+        """Build from the validated config section (keys of other sub-sections, such as `claims`, are ignored).
+
+        The per-layer jobs get the section without `headline_eps` (only the tables and figure read it), so the
+        check that it is one of `eps` applies when it is given."""
         names = {field.name for field in dataclasses.fields(cls)}
         values = {key: tuple(value) if isinstance(value, list) else value for key, value in section.items() if key in names}
         settings = cls(**values)
-        if settings.headline_eps not in settings.eps:
+        if "headline_eps" in section and settings.headline_eps not in settings.eps:
             raise ValueError(f"limits.headline_eps: {settings.headline_eps} is not one of limits.eps {list(settings.eps)}")
         return settings
 
@@ -390,7 +393,9 @@ def analyse_limits_layer(
                 row["model"] = models[row["model_role"]]
     io.write_json(output, {
         "family": family, "layer": layer, "models": dict(models), "read_position": read_position,
-        "settings": dataclasses.asdict(limits), "stage_version": version, "sources": sources, "records": records,
+        # the settings this job read: headline_eps belongs to the tables and figure (not in a layer job's params)
+        "settings": {key: value for key, value in dataclasses.asdict(limits).items() if key != "headline_eps"},
+        "stage_version": version, "sources": sources, "records": records,
     })
 
 
