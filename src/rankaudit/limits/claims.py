@@ -3,7 +3,7 @@
 Thresholds come from config `limits.claims` (`ClaimThresholds`; defaults and meanings in
 config/schema/limits.schema.yaml). Every claim function takes the aggregated rows of one family and returns one
 sentence that states the numbers, the threshold and the verdict; tests feed each one numbers on both sides of its
-threshold. Layers that `rankaudit.stages.limits.shift_status` marks as not counted (layer 0, the embedding output,
+threshold. Layers that `rankaudit.limits.records.shift_status` marks as not counted (layer 0, the embedding output,
 and layers where M_template, uncentered or centered, is zero or of rank <= 1) are already out of the aggregated tables; the section
 names them once per family. A zero matrix, a certificate of rank <= 1 or an undefined ratio is said to be one,
 never reported as a number that supports a claim.
