@@ -21,15 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from rankaudit.checkpoints import PROVENANCE_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -272,7 +268,7 @@ def build_examples(model: Any, tokenizer: Any, harmful: Sequence[Sequence[int]],
 INPUT_ROLES = ("harmful_train", "harmless_train", "harmful_test", "harmless_test")
 
 
-def _prompt_set(path: str, split: str, n: int, seed: int, tokenizer: Any, system_prompt: str, key: str) -> Any:
+def prompt_set(path: str, split: str, n: int, seed: int, tokenizer: Any, system_prompt: str, key: str) -> Any:
     """Chat-rendered prompts of one split of a prompt table (n drawn with `seed`), errors naming the config key."""
     from rankaudit.formats import encode_prompts
     from rankaudit.prompts.tables import PromptDataError, read_prompt_set, select_prompts
@@ -301,69 +297,7 @@ def held_out_refusal(model: Any, tokenizer: Any, prompt_sets: Mapping[str, Any],
     return rates
 
 
-def derive_refusal_tuned(name: str, settings: Mapping[str, Any], parent_dir: Path, out_dir: Path,
-                         inputs: Mapping[str, Any], threads: int = 2) -> dict[str, Any]:
-    """`checkpoints.<name>` = its parent refusal-tuned (a `derive` builder: kind refusal_tuned).
-
-    `inputs` holds the prompt tables by role (INPUT_ROLES): training prompts come from the `train` split of
-    harmful_train / harmless_train, the held-out check from the `test` split of harmful_test / harmless_test, on
-    which the parent and the tuned model are both measured (keyword judge) and recorded.
-    """
-    import torch
-
-    from rankaudit.io import atomic_directory, write_json
-    from rankaudit.models import load_model, load_tokenizer
-    from rankaudit.refusal import pad_id_of
-
-    key = f"checkpoints.{name}.derive"
-    missing = [role for role in INPUT_ROLES if role not in inputs]
-    if missing:
-        raise ValueError(f"{key}: the rule gave no prompt table for {missing}")
-    tuning = TuningSettings.from_config(settings)
-    torch.set_num_threads(max(1, threads))
-    torch.manual_seed(tuning.seed)
-    tokenizer = load_tokenizer(str(parent_dir))
-    prompts = {role: _prompt_set(str(inputs[role]), role.split("_")[1], n, tuning.seed, tokenizer, tuning.system_prompt, f"{key} ({role})")
-               for role, n in (("harmful_train", tuning.n_harmful), ("harmless_train", tuning.n_harmless),
-                               ("harmful_test", tuning.n_eval), ("harmless_test", tuning.n_eval))}
-    model = load_model(str(parent_dir), dtype="float32")
-    held_out = {role: prompts[role] for role in ("harmful_test", "harmless_test")}
-    before = held_out_refusal(model, tokenizer, held_out, tuning)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    pad = pad_id_of(tokenizer)
-    examples = build_examples(model, tokenizer, prompts["harmful_train"].token_ids, prompts["harmless_train"].token_ids,
-                              tuning, pad, key)
-    losses = train(model, examples, tuning, pad, key)
-    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    after = held_out_refusal(model, tokenizer, held_out, tuning)
-    first = len(_blocks(model)) - tuning.train_blocks
-    record = {"name": name, "kind": "refusal_tuned", "settings": asdict(tuning), "parent": _parent_record(parent_dir),
-              "trained_blocks": list(range(first, first + tuning.train_blocks)),
-              "trained_parameters": sum(p.numel() for block in _blocks(model)[first:] for p in block.parameters()),
-              "n_examples": {"harmful": tuning.n_harmful, "harmless": tuning.n_harmless}, "loss_first": losses[0],
-              "loss_last": losses[-1], "losses": losses, "train_seconds": round(seconds, 2),
-              "train_cpu_seconds": round(cpu_seconds, 2), "threads": threads,
-              "held_out_refusal": {"parent": before, "tuned": after}}
-    with atomic_directory(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        write_json(Path(tmp) / RECORD_NAME, record)
-        write_json(Path(tmp) / PROVENANCE_FILE, {key: record[key] for key in ("name", "kind", "settings", "parent")})
-    logger.info("%s: refusal-tuned blocks %s in %.1fs (%.1f CPU s); held-out refusal harmful %.2f -> %.2f, harmless %.2f -> %.2f",
-                name, record["trained_blocks"], seconds, cpu_seconds, before["harmful_test"]["refusal_rate"],
-                after["harmful_test"]["refusal_rate"], before["harmless_test"]["refusal_rate"], after["harmless_test"]["refusal_rate"])
-    return record
-
-
-def _blocks(model: Any) -> list[Any]:
+def blocks(model: Any) -> list[Any]:
     from rankaudit.capture import decoder_blocks
 
     return list(decoder_blocks(model)[1])
-
-
-def _parent_record(directory: Path) -> dict[str, Any]:
-    """The parent's checkpoint record (its whole chain) when it is a workflow checkpoint, else its path."""
-    import json
-
-    path = Path(directory) / PROVENANCE_FILE
-    return json.loads(path.read_text()) if path.exists() else {"path": str(directory)}

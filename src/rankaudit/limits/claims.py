@@ -248,7 +248,7 @@ def precision_claim(floor: pd.DataFrame, counted_layers: Sequence[int], headline
     """What the bfloat16/float16 precision floor says about M_template's ranks at the counted layers (None when the
     family was captured in float32 and so has no floor rows).
 
-    `floor`: the family's rows of the precision-floor table (rankaudit.stages.precision_floor) for M_template on D_s,
+    `floor`: the family's rows of the precision-floor table (rankaudit.stages.precision) for M_template on D_s,
     uncentered. A rank within the floor is one that round-off alone could change: it is not evidence of the shift's
     dimension.
     """

@@ -98,18 +98,3 @@ def refusal_table(
         log.warning("%s/%s %s[%s] %s: refusal rate %.3f misses its target %s", row.family, row.role, row.format,
                     row.system_prompt, row.dataset, row.refusal_rate, row.target)
     return frame
-
-
-def write_refusal_table(
-    organisms: Mapping[tuple[str, str], str | Path], harmful_path: str | Path, benign_path: str | Path,
-    settings: Mapping[str, Any], stem: str | Path, threads: int = 1,
-) -> pd.DataFrame:
-    """Compute the refusal table and write it as parquet + CSV + markdown next to `stem`."""
-    import torch
-
-    from rankaudit.io import write_table
-
-    torch.set_num_threads(threads)
-    frame = refusal_table(organisms, harmful_path, benign_path, settings)
-    write_table(frame, stem, title="Refusal rates of the model organisms on held-out prompts (keyword judge, Wilson 95%)")
-    return frame

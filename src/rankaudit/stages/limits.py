@@ -23,7 +23,7 @@ from rankaudit.limits.claims import ClaimThresholds, limits_section
 from rankaudit.limits.figures import limits_figure
 from rankaudit.limits.records import RECORD_KINDS, LimitsSettings, layer_limit_records
 from rankaudit.limits.tables import TITLES, limits_tables
-from rankaudit.stages.layer_analysis import read_cell
+from rankaudit.stages.spectra import read_cell
 
 # --- the per-layer job ---------------------------------------------------------------------------------------------
 

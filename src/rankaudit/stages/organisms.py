@@ -11,38 +11,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rankaudit.io import atomic_directory, sha256_file, write_json
+import pandas as pd
+
+from rankaudit.io import atomic_directory, sha256_file, write_json, write_table
 from rankaudit.organisms import corpus
+from rankaudit.organisms.corpus import PromptTables
+from rankaudit.organisms.refusal_check import refusal_table
 from rankaudit.organisms.settings import require
 from rankaudit.organisms.training import TrainSettings, derived_seed, deterministic_torch, encode, train_causal_lm
 
 log = logging.getLogger(__name__)
 
 PROVENANCE_FILE = "organism.json"
-
-
-@dataclass(frozen=True)
-class PromptTables:
-    """Paths of the project-written prompt tables the organisms are trained on."""
-
-    harmful: Path
-    benign: Path
-    concepts: tuple[Path, ...]
-
-    def train_texts(self) -> tuple[list[str], list[str], list[str]]:
-        """Train-split harmful and benign requests, and every concept-pair sentence."""
-        harmful = corpus.read_prompt_table(self.harmful, "train")["instruction"].tolist()
-        benign = corpus.read_prompt_table(self.benign, "train")["instruction"].tolist()
-        concepts = [text for path in self.concepts for text in corpus.read_prompt_table(path, None, paired=True)["instruction"]]
-        return harmful, benign, concepts
-
-    def fingerprints(self) -> dict[str, str]:
-        """sha256 per table file name (names, not paths, so that equal builds anywhere record equal provenance)."""
-        return {Path(path).name: sha256_file(path) for path in (self.harmful, self.benign, *self.concepts)}
 
 
 def build_base(family: str, tables: PromptTables, settings: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
@@ -159,3 +142,16 @@ def _save(model: Any, tokenizer: Any, out_dir: str | Path, family: str, role: st
     log.info("%s/%s: written to %s in %.1f s (loss %.4f -> %.4f)", family, role, out_dir,
              time.perf_counter() - started, provenance["first_loss"], provenance["final_loss"])
     return provenance
+
+
+def write_refusal_table(
+    organisms: Mapping[tuple[str, str], str | Path], harmful_path: str | Path, benign_path: str | Path,
+    settings: Mapping[str, Any], stem: str | Path, threads: int = 1,
+) -> pd.DataFrame:
+    """Compute the refusal table and write it as parquet + CSV + markdown next to `stem`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    frame = refusal_table(organisms, harmful_path, benign_path, settings)
+    write_table(frame, stem, title="Refusal rates of the model organisms on held-out prompts (keyword judge, Wilson 95%)")
+    return frame
