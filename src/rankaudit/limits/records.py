@@ -31,7 +31,7 @@ from rankaudit import degeneracy, resampling, spectra
 from rankaudit.bounds import spectral_gap
 from rankaudit.limits.claims import CENTERINGS
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 RECORD_KINDS = ("lrh", "resampling", "split_half", "sv_gaps", "n_sweep", "spectral_gap")
 # kappa <= 2 / (eps r), so kappa > 8 is impossible by arithmetic once eps r >= 1/4 (docs/THEORY.md §7).
@@ -200,7 +200,7 @@ def split_half_records(matrix: np.ndarray, ks: Sequence[int], *, centered: bool,
     records = []
     for k in ks:
         if k > limit:
-            log.info("split-half k=%d skipped: a half of shape %s allows k <= %d", k, matrix.shape, limit)
+            logger.info("split-half k=%d skipped: a half of shape %s allows k <= %d", k, matrix.shape, limit)
             continue
         degrees = np.degrees(resampling.split_half_angles(matrix, k, draws=draws, seed=seed, centered=centered))
         records.append({

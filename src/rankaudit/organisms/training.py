@@ -20,7 +20,7 @@ import numpy as np
 from rankaudit.organisms.corpus import Example
 from rankaudit.workflow_logging import Progress
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def train_causal_lm(model: Any, data: Sequence[Encoded], settings: TrainSettings
     model.train()
     queue: list[int] = []
     losses = []
-    progress = Progress(label, settings.steps, "steps", logger=log)
+    progress = Progress(label, settings.steps, "steps", logger=logger)
     for step in range(settings.steps):
         while len(queue) < settings.batch_size:
             queue.extend(order.permutation(len(data)).tolist())
@@ -141,6 +141,6 @@ def train_causal_lm(model: Any, data: Sequence[Encoded], settings: TrainSettings
         optimizer.step()
         losses.append(float(loss.detach()))
         progress.advance(detail=f"loss {losses[-1]:.4f}")
-    log.info("%s: %d steps, final loss %.4f", label, settings.steps, losses[-1])
+    logger.info("%s: %d steps, final loss %.4f", label, settings.steps, losses[-1])
     model.eval()
     return losses

@@ -23,7 +23,7 @@ from rankaudit.organisms.refusal_check import refusal_table
 from rankaudit.organisms.settings import require
 from rankaudit.organisms.training import TrainSettings, derived_seed, deterministic_torch, encode, train_causal_lm
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 PROVENANCE_FILE = "organism.json"
 
@@ -84,7 +84,7 @@ def build_planted(family: str, base_dir: str | Path, settings: Mapping[str, Any]
         provenance = _provenance(family, "planted", settings, None, [], parent=base_dir, n_examples=0)
         provenance.update({"planted_block": planted["block"], "planted_layer": planted["layer"], "planted_rank": planted["rank"]})
         write_json(Path(tmp) / PROVENANCE_FILE, provenance)
-    log.info("%s/planted: rank-%d edit on block %d written to %s", family, planted["rank"], planted["block"], out_dir)
+    logger.info("%s/planted: rank-%d edit on block %d written to %s", family, planted["rank"], planted["block"], out_dir)
     return provenance
 
 
@@ -101,7 +101,7 @@ def _train(model: Any, tokenizer: Any, examples: list, settings: Mapping[str, An
     train_settings = TrainSettings.from_config(require(settings, phase, "organisms"))
     data = encode(tokenizer, examples, train_settings.max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    log.info("%s: %s on %d examples, %d steps", label, phase, len(data), train_settings.steps)
+    logger.info("%s: %s on %d examples, %d steps", label, phase, len(data), train_settings.steps)
     return train_causal_lm(model, data, train_settings, seed, pad_id, label)
 
 
@@ -139,7 +139,7 @@ def _save(model: Any, tokenizer: Any, out_dir: str | Path, family: str, role: st
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(Path(tmp) / PROVENANCE_FILE, provenance)
-    log.info("%s/%s: written to %s in %.1f s (loss %.4f -> %.4f)", family, role, out_dir,
+    logger.info("%s/%s: written to %s in %.1f s (loss %.4f -> %.4f)", family, role, out_dir,
              time.perf_counter() - started, provenance["first_loss"], provenance["final_loss"])
     return provenance
 
