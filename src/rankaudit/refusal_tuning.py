@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from rankaudit.config_schema import with_defaults
+
 logger = logging.getLogger(__name__)
 
 RECORD_NAME = "refusal_tuning.json"
@@ -34,24 +36,26 @@ RECORD_NAME = "refusal_tuning.json"
 
 @dataclass(frozen=True)
 class TuningSettings:
-    """What is trained and how (config: checkpoints.<name>.derive, kind refusal_tuned; defaults fit 135M on 2 CPU cores)."""
+    """What is trained and how (config: checkpoints.<name>.derive, kind refusal_tuned). The defaults, in
+    config/schema/refusal_tuned.schema.yaml, fit a 135M model on 2 CPU cores."""
 
-    steps: int = 30
-    lr: float = 3.0e-4
-    batch_size: int = 16
-    n_harmful: int = 64
-    n_harmless: int = 96
-    train_blocks: int = 2
-    refusal: str = "I'm sorry, but I can't help with that."
-    harmless_target_tokens: int = 12
-    seed: int = 0
-    system_prompt: str = "default"
-    n_eval: int = 24
-    eval_max_new_tokens: int = 24
+    steps: int
+    lr: float
+    batch_size: int
+    n_harmful: int
+    n_harmless: int
+    train_blocks: int
+    refusal: str
+    harmless_target_tokens: int
+    seed: int
+    system_prompt: str
+    n_eval: int
+    eval_max_new_tokens: int
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> TuningSettings:
-        return cls(**{key: section[key] for key in cls.__dataclass_fields__ if key in section})
+        values = with_defaults(section, "refusal_tuned")
+        return cls(**{key: values[key] for key in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import pytest
 
 from rankaudit.limits import claims as limit_claims
 
-THRESHOLDS = limit_claims.ClaimThresholds()
+THRESHOLDS = limit_claims.ClaimThresholds.from_config({})
 
 
 @pytest.mark.parametrize("ratio", [0.2, 0.79, 0.8, 0.95, 1.3])
@@ -42,7 +42,7 @@ def test_n_sweep_growth_slower_than_noise_is_still_growing_and_fast_growth_is_n_
     assert "still growing, 20% per doubling" in slow and "n-limited from 0.5" in slow and "so it is n-limited" not in slow
     fast = limit_claims.n_sweep_claim(_sweep([10.0, 19.0, 37.0]), THRESHOLDS)
     assert "still growing" in fast and "so it is n-limited" in fast
-    custom = limit_claims.n_sweep_claim(_sweep([10.0, 12.0, 14.4]), limit_claims.ClaimThresholds(n_growth_material=0.25))
+    custom = limit_claims.n_sweep_claim(_sweep([10.0, 12.0, 14.4]), limit_claims.ClaimThresholds.from_config({"n_growth_material": 0.25}))
     assert "levelled off" in custom
 
 

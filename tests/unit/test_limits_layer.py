@@ -89,7 +89,7 @@ def test_shift_status_layer_zero_zero_and_rank_one_shifts():
     assert limit_records.shift_status(repeated, 4) == "rank_at_most_1"
     scaled = np.outer(rng.standard_normal(20), rng.standard_normal(30))  # rank 1 uncentered and centered
     assert limit_records.shift_status(scaled, 4) == "rank_at_most_1"
-    records = limit_records.layer_limit_records(repeated, {}, {}, limit_records.LimitsSettings(eps=(0.05,), split_half_k=(1,)),
+    records = limit_records.layer_limit_records(repeated, {}, {}, limit_records.LimitsSettings.from_config({"eps": (0.05,), "split_half_k": (1,)}),
                                          where="t", layer=4)
     assert all(row["layer"] == 4 and row["layer_status"] == "rank_at_most_1" and not row["counted"]
                for rows in records.values() for row in rows)

@@ -11,7 +11,7 @@ from rankaudit.limits import records as limit_records
 from rankaudit.limits import tables as limit_tables
 from rankaudit.stages import limits
 
-THRESHOLDS = limit_claims.ClaimThresholds()
+THRESHOLDS = limit_claims.ClaimThresholds.from_config({})
 
 
 def _family_frames(family, safety, concepts, references, settings, layer=1):
@@ -35,7 +35,7 @@ def _frames(*families):
 def two_families():
     """'noise': a pure Gaussian shift (at the noise ceiling); 'lowrank': a planted rank-3 shift (far below it)."""
     rng = np.random.default_rng(0)
-    settings = limit_records.LimitsSettings(eps=(0.05, 0.2), headline_eps=0.05, split_half_k=(1, 3), n_sweep=(20, 40, 60))
+    settings = limit_records.LimitsSettings.from_config({"eps": (0.05, 0.2), "headline_eps": 0.05, "split_half_k": (1, 3), "n_sweep": (20, 40, 60)})
     n, d = 60, 400
     noise = rng.standard_normal((n, d))
     left, _ = np.linalg.qr(rng.standard_normal((n, 3)))
@@ -98,7 +98,7 @@ def _layer_file(tmp_path, layer, safety, references, settings):
 def test_layer_zero_and_zero_layers_stay_per_layer_but_leave_every_aggregate(tmp_path):
     """Layer 0 (identical rows, as at the embedding output) and a zero layer are listed, never averaged or counted."""
     rng = np.random.default_rng(1)
-    settings = limit_records.LimitsSettings(eps=(0.05,), headline_eps=0.05, split_half_k=(1,), n_sweep=(20, 40))
+    settings = limit_records.LimitsSettings.from_config({"eps": (0.05,), "headline_eps": 0.05, "split_half_k": (1,), "n_sweep": (20, 40)})
     n, d = 40, 100
     repeated = np.tile(rng.standard_normal(d), (n, 1))  # one template token's shift for every prompt: rank 1
     unsafe = rng.standard_normal((n, d))
@@ -135,7 +135,7 @@ def test_layer_zero_and_zero_layers_stay_per_layer_but_leave_every_aggregate(tmp
 
 
 def test_a_family_with_no_counted_layer_makes_no_claim(tmp_path):
-    settings = limit_records.LimitsSettings(eps=(0.05,), headline_eps=0.05, split_half_k=(1,))
+    settings = limit_records.LimitsSettings.from_config({"eps": (0.05,), "headline_eps": 0.05, "split_half_k": (1,)})
     paths = [_layer_file(tmp_path, layer, np.zeros((30, 50)), {}, settings) for layer in (0, 1)]
     tables = limits.write_limits_tables(paths, str(tmp_path / "t"), str(tmp_path / "t" / "section.md"), 0.05, {})
     assert tables["limits_eps_sensitivity"].empty and len(tables["limits_rank_resampling"]) == 4

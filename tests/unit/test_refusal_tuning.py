@@ -56,8 +56,8 @@ def test_training_changes_only_the_last_blocks_and_teaches_the_refusal(tiny_fami
     model, tokenizer = tiny.model, tiny.tokenizer
     pad = pad_id_of(tokenizer)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    settings = rt.TuningSettings(steps=80, lr=3e-3, batch_size=12, train_blocks=2, refusal="Sorry, I can not.",
-                                 harmless_target_tokens=4, seed=0)
+    settings = rt.TuningSettings.from_config({"steps": 80, "lr": 3e-3, "batch_size": 12, "train_blocks": 2,
+                                              "refusal": "Sorry, I can not.", "harmless_target_tokens": 4, "seed": 0})
     harmful, harmless = _ids(tiny, "harmful"), _ids(tiny, "harmless")
     examples = rt.build_examples(model, tokenizer, harmful, harmless, settings, pad, "tiny")
     losses = rt.train(model, examples, settings, pad, "tiny")

@@ -19,21 +19,23 @@ from typing import Any
 
 import pandas as pd
 
+from rankaudit.config_schema import with_defaults
+
 KAPPA_THRESHOLD = 8.0
 CENTERINGS = (False, True)
 
 
 @dataclass(frozen=True)
 class ClaimThresholds:
-    """When a statement of the limits section is made (config `limits.claims`; each documented in the schema)."""
+    """When a statement of the limits section is made (config `limits.claims`; defaults and meanings in the schema)."""
 
-    noise_ceiling_fraction: float = 0.8
-    lrh_specific_ratio: float = 10.0
-    paper_lrh_ratio: tuple[float, float] = (2.0, 3.0)
-    rank_spread_fraction: float = 0.25
-    split_half_angle_deg: float = 30.0
-    n_limited_fraction: float = 0.5
-    n_growth_material: float = 0.1
+    noise_ceiling_fraction: float
+    lrh_specific_ratio: float
+    paper_lrh_ratio: tuple[float, float]
+    rank_spread_fraction: float
+    split_half_angle_deg: float
+    n_limited_fraction: float
+    n_growth_material: float
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> ClaimThresholds:
@@ -41,7 +43,7 @@ class ClaimThresholds:
         unknown = sorted(set(section) - names)
         if unknown:
             raise ValueError(f"limits.claims: unknown keys {unknown}; known: {sorted(names)}")
-        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in section.items()})
+        return cls(**with_defaults(section, "limits", "claims"))
 
 
 def _number(value: float) -> str:

@@ -29,6 +29,7 @@ import numpy as np
 
 from rankaudit import degeneracy, resampling, spectra
 from rankaudit.bounds import spectral_gap
+from rankaudit.config_schema import with_defaults
 from rankaudit.limits.claims import CENTERINGS
 
 logger = logging.getLogger(__name__)
@@ -45,27 +46,26 @@ class StructuralBoundError(AssertionError):
 
 @dataclass(frozen=True)
 class LimitsSettings:
-    """The `limits` config section (defaults as in config/schema/limits.schema.yaml)."""
+    """The `limits` config section (defaults: config/schema/limits.schema.yaml)."""
 
-    eps: tuple[float, ...] = (0.01, 0.05, 0.1, 0.2)
-    headline_eps: float = 0.05
-    subsample_fraction: float = 0.8
-    draws: int = 50
-    split_half_k: tuple[int, ...] = (1, 3, 5, 10)
-    split_half_draws: int = 10
-    gap_top: int = 10
-    n_sweep: tuple[int, ...] = (50, 100, 200)
-    tail_eps_fraction: float = 0.25
-    noise_draws: int = 3
-    interval_level: float = 0.9
-    seed: int = 0
+    eps: tuple[float, ...]
+    headline_eps: float
+    subsample_fraction: float
+    draws: int
+    split_half_k: tuple[int, ...]
+    split_half_draws: int
+    gap_top: int
+    n_sweep: tuple[int, ...]
+    tail_eps_fraction: float
+    noise_draws: int
+    interval_level: float
+    seed: int
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> LimitsSettings:
         """Build from the validated config section (keys of other sub-sections, such as `claims`, are ignored)."""
         names = {field.name for field in dataclasses.fields(cls)}
-        values = {key: tuple(value) if isinstance(value, list) else value for key, value in section.items() if key in names}
-        settings = cls(**values)
+        settings = cls(**{key: value for key, value in with_defaults(section, "limits").items() if key in names})
         if settings.headline_eps not in settings.eps:
             raise ValueError(f"limits.headline_eps: {settings.headline_eps} is not one of limits.eps {list(settings.eps)}")
         return settings
