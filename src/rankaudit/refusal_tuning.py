@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from rankaudit.config_schema import with_defaults
+from rankaudit.padding import padded_batch, positions_from_mask
 
 logger = logging.getLogger(__name__)
 
@@ -109,17 +110,10 @@ def _pass_through() -> Any:
     return PassThrough()
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any, Any]:
-    """(input_ids, attention_mask, position_ids) of left-padded rows; positions follow the mask."""
-    import torch
-
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for slot, row in enumerate(rows):
-        input_ids[slot, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
-        mask[slot, width - len(row):] = 1
-    return input_ids, mask, (mask.cumsum(dim=1) - 1).clamp(min=0)
+def _left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any, Any]:
+    """(input_ids, attention_mask, position_ids) of left-padded rows."""
+    input_ids, mask = padded_batch(rows, pad_id)
+    return input_ids, mask, positions_from_mask(mask)
 
 
 def block_inputs(model: Any, rows: Sequence[Sequence[int]], first: int, pad_id: int, batch_size: int) -> list[Any]:
@@ -144,7 +138,7 @@ def block_inputs(model: Any, rows: Sequence[Sequence[int]], first: int, pad_id: 
         with torch.no_grad():
             for start in range(0, len(rows), batch_size):
                 part = list(range(start, min(start + batch_size, len(rows))))
-                input_ids, mask, positions = _left_pad([rows[i] for i in part], pad_id)
+                input_ids, mask, positions = _left_padded([rows[i] for i in part], pad_id)
                 with contextlib.suppress(Stop):
                     model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False)
                 for slot, index in enumerate(part):
@@ -199,7 +193,7 @@ def batch_loss(model: Any, examples: Sequence[Example], cached: Sequence[Any], s
     """Mean over sequences of the mean cross-entropy of each target (teacher forced), through the trained blocks."""
     import torch
 
-    input_ids, mask, positions = _left_pad([example.ids for example in examples], pad_id)
+    input_ids, mask, positions = _left_padded([example.ids for example in examples], pad_id)
     width = input_ids.shape[1]
     keep = max(len(example.target) for example in examples) + 1
     state["hidden"] = _padded_hidden(cached, width)

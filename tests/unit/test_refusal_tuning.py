@@ -33,7 +33,7 @@ def test_frozen_prefix_with_cached_block_inputs_equals_the_full_forward(tiny_fam
     rows = _ids(tiny, "harmful", 4)
     first = model.config.num_hidden_layers - 1
     cached = rt.block_inputs(model, rows, first, pad, batch_size=3)
-    input_ids, mask, positions = rt._left_pad(rows, pad)
+    input_ids, mask, positions = rt._left_padded(rows, pad)
     with torch.no_grad():
         full = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
         with rt.frozen_prefix(model, first) as state:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from rankaudit.organisms.corpus import Example
+from rankaudit.padding import padded_batch
 from rankaudit.workflow_logging import Progress
 
 logger = logging.getLogger(__name__)
@@ -92,16 +93,11 @@ def _batch(rows: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
     """Right-padded tensors with labels -100 outside the loss mask."""
     import torch
 
-    width = max(len(row.ids) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    input_ids, attention = padded_batch([row.ids for row in rows], pad_id, side="right")
+    labels = torch.full(input_ids.shape, -100, dtype=torch.long)
     for i, row in enumerate(rows):
         n = len(row.ids)
-        ids = torch.tensor(row.ids, dtype=torch.long)
-        input_ids[i, :n] = ids
-        attention[i, :n] = 1
-        labels[i, :n] = torch.where(torch.tensor(row.target), ids, torch.tensor(-100))
+        labels[i, :n] = torch.where(torch.tensor(row.target), input_ids[i, :n], torch.tensor(-100))
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 

@@ -22,6 +22,7 @@ from rankaudit.organisms.corpus import PromptTables
 from rankaudit.organisms.refusal_check import refusal_table
 from rankaudit.organisms.settings import require
 from rankaudit.organisms.training import TrainSettings, derived_seed, deterministic_torch, encode, train_causal_lm
+from rankaudit.padding import pad_token_id
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def _load(directory: str | Path) -> tuple[Any, Any]:
 def _train(model: Any, tokenizer: Any, examples: list, settings: Mapping[str, Any], phase: str, seed: int, label: str) -> list[float]:
     train_settings = TrainSettings.from_config(require(settings, phase, "organisms"))
     data = encode(tokenizer, examples, train_settings.max_length)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     logger.info("%s: %s on %d examples, %d steps", label, phase, len(data), train_settings.steps)
     return train_causal_lm(model, data, train_settings, seed, pad_id, label)
 

@@ -38,7 +38,7 @@ def derive_refusal_tuned(name: str, settings: Mapping[str, Any], parent_dir: Pat
 
     from rankaudit.io import atomic_directory, write_json
     from rankaudit.models import load_model, load_tokenizer
-    from rankaudit.refusal import pad_id_of
+    from rankaudit.padding import pad_token_id
 
     key = f"checkpoints.{name}.derive"
     missing = [role for role in INPUT_ROLES if role not in inputs]
@@ -55,7 +55,7 @@ def derive_refusal_tuned(name: str, settings: Mapping[str, Any], parent_dir: Pat
     held_out = {role: prompts[role] for role in ("harmful_test", "harmless_test")}
     before = held_out_refusal(model, tokenizer, held_out, tuning)
     started, cpu_started = time.perf_counter(), time.process_time()
-    pad = pad_id_of(tokenizer)
+    pad = pad_token_id(tokenizer)
     examples = build_examples(model, tokenizer, prompts["harmful_train"].token_ids, prompts["harmless_train"].token_ids,
                               tuning, pad, key)
     losses = train(model, examples, tuning, pad, key)
