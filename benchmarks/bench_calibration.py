@@ -31,7 +31,7 @@ import yaml
 from benchcommon import REPO, Ratio, Timing, benchmark_arguments, interleaved, paper_scripts, ratio_rows, report, single_thread, wait_for_idle
 
 from rankaudit.calibration import grid
-from rankaudit.calibration.jobs import run_base_job, run_finetune_job
+from rankaudit.stages.calibration import run_base_job, run_finetune_job
 
 RHO_TOLERANCE = 0.03
 COMPLIANCE_TOLERANCE = 0.05

@@ -24,7 +24,7 @@ from benchcommon import benchmark_arguments, interleaved, ratio_rows, report, wa
 
 from rankaudit import io, matrices, spectra
 from rankaudit.plan import VARIANTS_PER_DATASET
-from rankaudit.stages.layer_analysis import CELL_KEYS, analyse_layer
+from rankaudit.stages.spectra import CELL_KEYS, analyse_layer
 
 N, D = 200, 4096
 EPS = [0.01, 0.05, 0.1, 0.2]

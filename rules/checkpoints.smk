@@ -9,7 +9,7 @@ from rankaudit import checkpoints as ckpt
 
 CHECKPOINTS = config.get("checkpoints") or {}
 GGUF_CHECKPOINTS = [name for name, entry in CHECKPOINTS.items() if "gguf" in entry]
-# Kinds built by rule checkpoint_derive (rankaudit.checkpoints_build.DERIVATIONS), with the inputs each needs
+# Kinds built by rule checkpoint_derive (rankaudit.stages.checkpoints.DERIVATIONS), with the inputs each needs
 # besides its parent as {input name: path} from the `derive` entry. Kinds with a rule of their own
 # (refusal_tuned: rules/refusal_tuning.smk) are not listed here.
 DERIVE_EXTRA_INPUTS = {

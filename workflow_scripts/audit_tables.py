@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from rankaudit.stages.audit_tables import write_audit_tables
+from rankaudit.stages.tables import write_audit_tables
 from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):

@@ -4,7 +4,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rankaudit.organisms.build import PromptTables, build_base
+from rankaudit.organisms.corpus import PromptTables
+from rankaudit.stages.organisms import build_base
 from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):

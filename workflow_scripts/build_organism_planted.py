@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rankaudit.organisms.build import build_planted
+from rankaudit.stages.organisms import build_planted
 from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):

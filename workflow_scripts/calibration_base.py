@@ -4,7 +4,7 @@ from rankaudit.calibration.runtime import limit_native_threads
 
 limit_native_threads(snakemake.threads)
 
-from rankaudit.calibration.jobs import run_base_job  # noqa: E402
+from rankaudit.stages.calibration import run_base_job  # noqa: E402
 from rankaudit.workflow_logging import log_to  # noqa: E402
 
 with log_to(snakemake.log[0]):

@@ -1,6 +1,6 @@
 """Snakemake adapter: the calibration figures from the calibration tables."""
 
-from rankaudit.calibration.figures import write_figures
+from rankaudit.stages.calibration_report import write_figures
 from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):

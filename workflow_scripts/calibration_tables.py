@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from rankaudit.calibration.tables import write_tables
+from rankaudit.stages.calibration_report import write_tables
 from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):

@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rankaudit.checkpoints_build import derive_checkpoint
+from rankaudit.stages.checkpoints import derive_checkpoint
 from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):

@@ -1,6 +1,6 @@
 """Snakemake adapter: fetch one Hugging Face model into the cache and record the commit it resolved to."""
 
-from rankaudit.download import write_download_record
+from rankaudit.stages.download import write_download_record
 from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):

@@ -1,6 +1,6 @@
 """Snakemake adapter: one family's figures (cumulative explained variance, rho by layer)."""
 
-from rankaudit.stages.audit_tables import plot_cumulative_variance, plot_rho_by_layer, spectra_rows
+from rankaudit.stages.tables import plot_cumulative_variance, plot_rho_by_layer, spectra_rows
 from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):

@@ -4,7 +4,7 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rankaudit.checkpoints_build import import_gguf
+from rankaudit.stages.checkpoints import import_gguf
 from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):

@@ -1,6 +1,6 @@
 """Snakemake adapter: spectra and direction numbers of one family x layer."""
 
-from rankaudit.stages.layer_analysis import analyse_layer
+from rankaudit.stages.spectra import analyse_layer
 from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):

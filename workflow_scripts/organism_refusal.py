@@ -5,7 +5,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rankaudit.organisms.refusal_check import write_refusal_table
+from rankaudit.stages.organisms import write_refusal_table
 from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):

@@ -1,6 +1,6 @@
 """Snakemake adapter: the precision-floor table of one family."""
 
-from rankaudit.stages.precision_floor import write_precision_floor
+from rankaudit.stages.precision import write_precision_floor
 from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):

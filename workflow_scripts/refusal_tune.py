@@ -4,7 +4,8 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from rankaudit.refusal_tuning import INPUT_ROLES, derive_refusal_tuned
+from rankaudit.refusal_tuning import INPUT_ROLES
+from rankaudit.stages.refusal_tuning import derive_refusal_tuned
 from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):

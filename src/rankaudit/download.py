@@ -78,10 +78,3 @@ def download_model(model: str, source: str, revision: str | None = None) -> dict
     logger.info("model %s: %s@%s resolved to commit %s, %d files, %.2f GB in %s", model, source, revision or "main",
                 commit, len(files), size / 1e9, folder)
     return {**record, "commit": commit, "files": files, "bytes": size, "snapshot": str(folder)}
-
-
-def write_download_record(model: str, source: str, revision: str | None, output: str) -> None:
-    """The `download_model` rule's job: fetch one model and write its record (results/models/<model>.download.json)."""
-    from rankaudit import io
-
-    io.write_json(output, download_model(model, source, revision))

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from rankaudit.checkpoints import PROVENANCE_FILE
+from rankaudit.config_schema import with_defaults
+from rankaudit.padding import padded_batch, positions_from_mask
 
 logger = logging.getLogger(__name__)
 
@@ -38,24 +37,26 @@ RECORD_NAME = "refusal_tuning.json"
 
 @dataclass(frozen=True)
 class TuningSettings:
-    """What is trained and how (config: checkpoints.<name>.derive, kind refusal_tuned; defaults fit 135M on 2 CPU cores)."""
+    """What is trained and how (config: checkpoints.<name>.derive, kind refusal_tuned). The defaults, in
+    config/schema/refusal_tuned.schema.yaml, fit a 135M model on 2 CPU cores."""
 
-    steps: int = 30
-    lr: float = 3.0e-4
-    batch_size: int = 16
-    n_harmful: int = 64
-    n_harmless: int = 96
-    train_blocks: int = 2
-    refusal: str = "I'm sorry, but I can't help with that."
-    harmless_target_tokens: int = 12
-    seed: int = 0
-    system_prompt: str = "default"
-    n_eval: int = 24
-    eval_max_new_tokens: int = 24
+    steps: int
+    lr: float
+    batch_size: int
+    n_harmful: int
+    n_harmless: int
+    train_blocks: int
+    refusal: str
+    harmless_target_tokens: int
+    seed: int
+    system_prompt: str
+    n_eval: int
+    eval_max_new_tokens: int
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> TuningSettings:
-        return cls(**{key: section[key] for key in cls.__dataclass_fields__ if key in section})
+        values = with_defaults(section, "refusal_tuned")
+        return cls(**{key: values[key] for key in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -109,17 +110,10 @@ def _pass_through() -> Any:
     return PassThrough()
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any, Any]:
-    """(input_ids, attention_mask, position_ids) of left-padded rows; positions follow the mask."""
-    import torch
-
-    width = max(len(row) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for slot, row in enumerate(rows):
-        input_ids[slot, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
-        mask[slot, width - len(row):] = 1
-    return input_ids, mask, (mask.cumsum(dim=1) - 1).clamp(min=0)
+def _left_padded(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any, Any]:
+    """(input_ids, attention_mask, position_ids) of left-padded rows."""
+    input_ids, mask = padded_batch(rows, pad_id)
+    return input_ids, mask, positions_from_mask(mask)
 
 
 def block_inputs(model: Any, rows: Sequence[Sequence[int]], first: int, pad_id: int, batch_size: int) -> list[Any]:
@@ -144,7 +138,7 @@ def block_inputs(model: Any, rows: Sequence[Sequence[int]], first: int, pad_id: 
         with torch.no_grad():
             for start in range(0, len(rows), batch_size):
                 part = list(range(start, min(start + batch_size, len(rows))))
-                input_ids, mask, positions = _left_pad([rows[i] for i in part], pad_id)
+                input_ids, mask, positions = _left_padded([rows[i] for i in part], pad_id)
                 with contextlib.suppress(Stop):
                     model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False)
                 for slot, index in enumerate(part):
@@ -199,7 +193,7 @@ def batch_loss(model: Any, examples: Sequence[Example], cached: Sequence[Any], s
     """Mean over sequences of the mean cross-entropy of each target (teacher forced), through the trained blocks."""
     import torch
 
-    input_ids, mask, positions = _left_pad([example.ids for example in examples], pad_id)
+    input_ids, mask, positions = _left_padded([example.ids for example in examples], pad_id)
     width = input_ids.shape[1]
     keep = max(len(example.target) for example in examples) + 1
     state["hidden"] = _padded_hidden(cached, width)
@@ -272,7 +266,7 @@ def build_examples(model: Any, tokenizer: Any, harmful: Sequence[Sequence[int]],
 INPUT_ROLES = ("harmful_train", "harmless_train", "harmful_test", "harmless_test")
 
 
-def _prompt_set(path: str, split: str, n: int, seed: int, tokenizer: Any, system_prompt: str, key: str) -> Any:
+def prompt_set(path: str, split: str, n: int, seed: int, tokenizer: Any, system_prompt: str, key: str) -> Any:
     """Chat-rendered prompts of one split of a prompt table (n drawn with `seed`), errors naming the config key."""
     from rankaudit.formats import encode_prompts
     from rankaudit.prompts.tables import PromptDataError, read_prompt_set, select_prompts
@@ -301,69 +295,7 @@ def held_out_refusal(model: Any, tokenizer: Any, prompt_sets: Mapping[str, Any],
     return rates
 
 
-def derive_refusal_tuned(name: str, settings: Mapping[str, Any], parent_dir: Path, out_dir: Path,
-                         inputs: Mapping[str, Any], threads: int = 2) -> dict[str, Any]:
-    """`checkpoints.<name>` = its parent refusal-tuned (a `derive` builder: kind refusal_tuned).
-
-    `inputs` holds the prompt tables by role (INPUT_ROLES): training prompts come from the `train` split of
-    harmful_train / harmless_train, the held-out check from the `test` split of harmful_test / harmless_test, on
-    which the parent and the tuned model are both measured (keyword judge) and recorded.
-    """
-    import torch
-
-    from rankaudit.io import atomic_directory, write_json
-    from rankaudit.models import load_model, load_tokenizer
-    from rankaudit.refusal import pad_id_of
-
-    key = f"checkpoints.{name}.derive"
-    missing = [role for role in INPUT_ROLES if role not in inputs]
-    if missing:
-        raise ValueError(f"{key}: the rule gave no prompt table for {missing}")
-    tuning = TuningSettings.from_config(settings)
-    torch.set_num_threads(max(1, threads))
-    torch.manual_seed(tuning.seed)
-    tokenizer = load_tokenizer(str(parent_dir))
-    prompts = {role: _prompt_set(str(inputs[role]), role.split("_")[1], n, tuning.seed, tokenizer, tuning.system_prompt, f"{key} ({role})")
-               for role, n in (("harmful_train", tuning.n_harmful), ("harmless_train", tuning.n_harmless),
-                               ("harmful_test", tuning.n_eval), ("harmless_test", tuning.n_eval))}
-    model = load_model(str(parent_dir), dtype="float32")
-    held_out = {role: prompts[role] for role in ("harmful_test", "harmless_test")}
-    before = held_out_refusal(model, tokenizer, held_out, tuning)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    pad = pad_id_of(tokenizer)
-    examples = build_examples(model, tokenizer, prompts["harmful_train"].token_ids, prompts["harmless_train"].token_ids,
-                              tuning, pad, key)
-    losses = train(model, examples, tuning, pad, key)
-    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    after = held_out_refusal(model, tokenizer, held_out, tuning)
-    first = len(_blocks(model)) - tuning.train_blocks
-    record = {"name": name, "kind": "refusal_tuned", "settings": asdict(tuning), "parent": _parent_record(parent_dir),
-              "trained_blocks": list(range(first, first + tuning.train_blocks)),
-              "trained_parameters": sum(p.numel() for block in _blocks(model)[first:] for p in block.parameters()),
-              "n_examples": {"harmful": tuning.n_harmful, "harmless": tuning.n_harmless}, "loss_first": losses[0],
-              "loss_last": losses[-1], "losses": losses, "train_seconds": round(seconds, 2),
-              "train_cpu_seconds": round(cpu_seconds, 2), "threads": threads,
-              "held_out_refusal": {"parent": before, "tuned": after}}
-    with atomic_directory(out_dir) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        write_json(Path(tmp) / RECORD_NAME, record)
-        write_json(Path(tmp) / PROVENANCE_FILE, {key: record[key] for key in ("name", "kind", "settings", "parent")})
-    logger.info("%s: refusal-tuned blocks %s in %.1fs (%.1f CPU s); held-out refusal harmful %.2f -> %.2f, harmless %.2f -> %.2f",
-                name, record["trained_blocks"], seconds, cpu_seconds, before["harmful_test"]["refusal_rate"],
-                after["harmful_test"]["refusal_rate"], before["harmless_test"]["refusal_rate"], after["harmless_test"]["refusal_rate"])
-    return record
-
-
-def _blocks(model: Any) -> list[Any]:
+def blocks(model: Any) -> list[Any]:
     from rankaudit.capture import decoder_blocks
 
     return list(decoder_blocks(model)[1])
-
-
-def _parent_record(directory: Path) -> dict[str, Any]:
-    """The parent's checkpoint record (its whole chain) when it is a workflow checkpoint, else its path."""
-    import json
-
-    path = Path(directory) / PROVENANCE_FILE
-    return json.loads(path.read_text()) if path.exists() else {"path": str(directory)}

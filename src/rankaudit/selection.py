@@ -80,10 +80,11 @@ def candidate_directions(harmful: Mapping[int, np.ndarray], harmless: Mapping[in
     for layer in sorted(harmful):
         if layer not in harmless:
             raise KeyError(f"candidate_directions: layer {layer} has harmful but no harmless activations")
-        bad, good = np.asarray(harmful[layer], np.float64), np.asarray(harmless[layer], np.float64)
-        if bad.ndim != 3 or good.ndim != 3 or bad.shape[1:] != good.shape[1:]:
-            raise ValueError(f"candidate_directions: layer {layer}: shapes {bad.shape} and {good.shape} are not (n, P, d) alike")
-        difference = bad.mean(axis=0) - good.mean(axis=0)
+        harmful_rows, harmless_rows = np.asarray(harmful[layer], np.float64), np.asarray(harmless[layer], np.float64)
+        if harmful_rows.ndim != 3 or harmless_rows.ndim != 3 or harmful_rows.shape[1:] != harmless_rows.shape[1:]:
+            raise ValueError(f"candidate_directions: layer {layer}: shapes {harmful_rows.shape} and {harmless_rows.shape} "
+                             "are not (n, P, d) alike")
+        difference = harmful_rows.mean(axis=0) - harmless_rows.mean(axis=0)
         n_positions = difference.shape[0]
         for offset in range(n_positions):
             candidates.append(Candidate(offset - n_positions, layer, difference[offset]))

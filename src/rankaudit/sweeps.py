@@ -54,8 +54,9 @@ def basis_matrix(basis: str, safety: Mapping[str, np.ndarray], control: Mapping[
     return matrices.did_matrix(template, np.asarray(control["a_chat"], np.float64) - np.asarray(control["b_chat"], np.float64))
 
 
-def numerical_rank(matrix: np.ndarray, rtol: float = RANK_RTOL) -> int:
-    """Number of singular values above rtol x the largest."""
+def basis_rank(matrix: np.ndarray, rtol: float = RANK_RTOL) -> int:
+    """How many directions a basis matrix offers: its singular values above rtol x the largest (a relative cut that
+    caps the k grid; the dtype-aware numerical rank of the spectra is `rankaudit.spectra.numerical_rank`)."""
     values = np.linalg.svd(np.asarray(matrix, np.float64), compute_uv=False)
     return int(np.sum(values > rtol * values[0])) if values.size and values[0] > 0 else 0
 

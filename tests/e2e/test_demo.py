@@ -15,7 +15,7 @@ from rankaudit import spectra
 from rankaudit.directions import top_directions
 from rankaudit.organisms.planted import load_planted
 from rankaudit.resampling import principal_angles
-from rankaudit.stages.layer_analysis import read_cell
+from rankaudit.stages.spectra import read_cell
 
 pytestmark = pytest.mark.slow
 

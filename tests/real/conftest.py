@@ -34,7 +34,7 @@ def smollm2_gguf():
 def real_checkpoints(smollm2_gguf, tmp_path_factory) -> Iterator[tuple[Path, Path]]:
     """(imported instruct directory, planted copy directory), built with real_small.yaml's settings; removed at
     the end of the session (1 GB of float32 weights that pytest would otherwise keep for three sessions)."""
-    from rankaudit.checkpoints_build import derive_checkpoint, import_gguf
+    from rankaudit.stages.checkpoints import derive_checkpoint, import_gguf
 
     root = tmp_path_factory.mktemp("real_checkpoints")
     import_gguf("smollm2_instruct", SMOLLM2_GGUF, root / "smollm2_instruct")

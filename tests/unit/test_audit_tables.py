@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from rankaudit import spectra
-from rankaudit.stages import audit_tables
+from rankaudit.stages import tables as audit_tables
 
 N, D = 10, 50
 SCALARS = {key: 1.0 for key in audit_tables.SUMMARY_SCALARS}

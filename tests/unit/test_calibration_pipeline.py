@@ -8,8 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from rankaudit.calibration import grid, jobs
-from rankaudit.calibration.tables import TABLE_NAMES, build_tables, write_tables
+from rankaudit.calibration import grid
+from rankaudit.calibration.tables import TABLE_NAMES, build_tables
+from rankaudit.stages import calibration as jobs
+from rankaudit.stages.calibration_report import write_tables
 
 HIDDEN = 16
 CALIBRATION = {

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from rankaudit.calibration import figures, tables
+from rankaudit.stages.calibration_report import write_tables
 from rankaudit.stages.headline import measure_sweet_spot, sweet_spot
 
 SEEDS = (0, 1)
@@ -139,7 +140,7 @@ def test_write_tables_refuses_a_violated_bound_naming_the_pair(planted, tmp_path
     broken = tmp_path / "kappa_broken.json"
     broken.write_text(json.dumps(_kappa(0, (1.0, 2.0, 3.0), holds=False)))
     with pytest.raises(AssertionError, match=r"violated for pairs \['fullft vs unsafe_ft', 'dist5 vs unsafe_ft'\]"):
-        tables.write_tables(cells, bases, [str(broken)], {"report_r": list(R_GRID), "form": "weak"}, 8, tmp_path / "out")
+        write_tables(cells, bases, [str(broken)], {"report_r": list(R_GRID), "form": "weak"}, 8, tmp_path / "out")
 
 
 def test_the_sweet_spot_is_the_highest_rho_lambda_that_no_ablation_lowers(planted):

@@ -23,8 +23,8 @@ from rankaudit.checkpoints import (
     locate_gguf,
     package_version,
 )
-from rankaudit.checkpoints_build import derive_checkpoint
 from rankaudit.organisms.planted import load_planted
+from rankaudit.stages.checkpoints import derive_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "config" / "schema" / "checkpoints.schema.yaml"

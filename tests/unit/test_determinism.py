@@ -27,7 +27,7 @@ torch.set_num_threads(1)
 from rankaudit import io
 from rankaudit.capture import capture_residual_stream
 from rankaudit.formats import encode_prompts
-from rankaudit.organisms.build import build_base
+from rankaudit.stages.organisms import build_base
 from rankaudit.organisms.settings import role_settings
 from rankaudit.organisms.tiny import tiny_organisms_config, write_tiny_prompt_tables
 

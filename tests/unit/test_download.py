@@ -8,6 +8,7 @@ import pytest
 from huggingface_hub import constants, errors
 
 from rankaudit import download
+from rankaudit.stages.download import write_download_record
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -55,7 +56,7 @@ def test_a_hub_model_records_the_commit_its_revision_resolved_to(tmp_path, monke
     fake, calls = _fake_snapshot(tmp_path / "hub", files)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
     output = tmp_path / "results" / "models" / "gemma2_aligned.download.json"
-    download.write_download_record("gemma2_aligned", "google/gemma-2-9b-it", "main", str(output))
+    write_download_record("gemma2_aligned", "google/gemma-2-9b-it", "main", str(output))
     record = json.loads(output.read_text())
     assert record["commit"] == COMMIT and record["revision"] == "main" and record["source"] == "google/gemma-2-9b-it"
     assert record["files"] == sorted(files) and record["bytes"] == 2 + 100 + 50 + 2

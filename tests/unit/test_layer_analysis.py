@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rankaudit import io, matrices, nulls, plan
-from rankaudit.stages.layer_analysis import CELL_KEYS, analyse_layer
+from rankaudit.stages.spectra import CELL_KEYS, analyse_layer
 
 EPS = [0.05, 0.2]
 CAPTURE_K = [1, 3]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from rankaudit.stages import audit_tables
+from rankaudit.stages import tables as audit_tables
 
 
 def test_rho_by_layer_ticks_are_whole_layers(monkeypatch, tmp_path) -> None:

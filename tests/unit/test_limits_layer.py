@@ -9,6 +9,7 @@ import pytest
 from noise_reference import marchenko_pastur_rho
 
 from rankaudit import io
+from rankaudit.limits import records as limit_records
 from rankaudit.stages import limits
 
 
@@ -24,7 +25,7 @@ def test_lrh_ratio_is_the_ratio_of_planted_ranks():
     d = 300
     concept = _exact_rank(rng, 80, d, np.ones(6))
     safety = _exact_rank(rng, 120, d, np.ones(3))
-    (record,) = limits.lrh_records(concept, safety, [0.001], centered=False, draws=50, seed=0, noise_draws=1)
+    (record,) = limit_records.lrh_records(concept, safety, [0.001], centered=False, draws=50, seed=0, noise_draws=1)
     assert (record["rank_concept"], record["rank_safety"]) == (6, 3)
     assert record["rho_concept"] == 6 / d and record["rho_safety"] == 3 / d
     assert record["ratio"] == 2.0
@@ -37,17 +38,17 @@ def test_lrh_ratio_is_the_ratio_of_planted_ranks():
 
 def test_lrh_ratio_is_nan_when_safety_rank_is_zero():
     rng = np.random.default_rng(1)
-    (record,) = limits.lrh_records(rng.standard_normal((10, 40)), np.zeros((12, 40)), [0.05], centered=False, draws=50,
+    (record,) = limit_records.lrh_records(rng.standard_normal((10, 40)), np.zeros((12, 40)), [0.05], centered=False, draws=50,
                                    seed=0, noise_draws=1)
     assert record["rank_safety"] == 0 and math.isnan(record["ratio"]) and math.isnan(record["ratio_matched"])
     with pytest.raises(ValueError, match="d differs"):
-        limits.lrh_records(np.ones((4, 5)), np.ones((4, 6)), [0.05], centered=False, draws=50, seed=0, noise_draws=1)
+        limit_records.lrh_records(np.ones((4, 5)), np.ones((4, 6)), [0.05], centered=False, draws=50, seed=0, noise_draws=1)
 
 
 def test_subsampling_distribution_contains_the_planted_rank():
     rng = np.random.default_rng(2)
     matrix = _exact_rank(rng, 100, 400, [10, 9, 8, 7, 6]) + 1e-3 * rng.standard_normal((100, 400))
-    records = limits.resampling_records(matrix, [0.05, 0.2], centered=False, fraction=0.8, draws=50, seed=0, noise_draws=1)
+    records = limit_records.resampling_records(matrix, [0.05, 0.2], centered=False, fraction=0.8, draws=50, seed=0, noise_draws=1)
     at_005 = next(r for r in records if r["eps"] == 0.05)
     assert at_005["rank_full"] == 5
     assert at_005["sub_rank_min"] <= 5 <= at_005["sub_rank_max"] and at_005["contains_full"]
@@ -66,7 +67,7 @@ def test_corrected_interval_is_centred_on_the_full_rank_and_wider_than_the_raw_r
     """Noise-like rows: the subsets sit at the rank of 0.8 n prompts, below the full rank; the interval does not."""
     rng = np.random.default_rng(12)
     matrix = rng.standard_normal((60, 200)) * np.arange(1, 201) ** -0.5
-    (record,) = limits.resampling_records(matrix, [0.05], centered=False, fraction=0.8, draws=50, seed=0, noise_draws=1,
+    (record,) = limit_records.resampling_records(matrix, [0.05], centered=False, fraction=0.8, draws=50, seed=0, noise_draws=1,
                                           level=0.9)
     assert record["raw_high"] < record["rank_full"]  # the raw range misses the full-sample rank altogether
     assert record["pred_low"] <= record["rank_full"] <= record["pred_high"]
@@ -80,15 +81,15 @@ def test_corrected_interval_is_centred_on_the_full_rank_and_wider_than_the_raw_r
 def test_shift_status_layer_zero_zero_and_rank_one_shifts():
     rng = np.random.default_rng(13)
     shift = rng.standard_normal((20, 30))
-    assert limits.shift_status(shift, 0) == "embedding output"
-    assert limits.shift_status(shift, 4) == "ok"
-    assert limits.shift_status(np.zeros((20, 30)), 4) == "zero"
-    assert limits.shift_status(np.full((20, 30), 1e-12), 4, zero_tolerance=1e-10) == "zero"
+    assert limit_records.shift_status(shift, 0) == "embedding output"
+    assert limit_records.shift_status(shift, 4) == "ok"
+    assert limit_records.shift_status(np.zeros((20, 30)), 4) == "zero"
+    assert limit_records.shift_status(np.full((20, 30), 1e-12), 4, zero_tolerance=1e-10) == "zero"
     repeated = np.tile(rng.standard_normal(30), (20, 1))  # the same shift for every prompt
-    assert limits.shift_status(repeated, 4) == "rank_at_most_1"
+    assert limit_records.shift_status(repeated, 4) == "rank_at_most_1"
     scaled = np.outer(rng.standard_normal(20), rng.standard_normal(30))  # rank 1 uncentered and centered
-    assert limits.shift_status(scaled, 4) == "rank_at_most_1"
-    records = limits.layer_limit_records(repeated, {}, {}, limits.LimitsSettings(eps=(0.05,), split_half_k=(1,)),
+    assert limit_records.shift_status(scaled, 4) == "rank_at_most_1"
+    records = limit_records.layer_limit_records(repeated, {}, {}, limit_records.LimitsSettings.from_config({"eps": (0.05,), "split_half_k": (1,)}),
                                          where="t", layer=4)
     assert all(row["layer"] == 4 and row["layer_status"] == "rank_at_most_1" and not row["counted"]
                for rows in records.values() for row in rows)
@@ -98,7 +99,7 @@ def test_pure_noise_rho_lands_at_the_predicted_ceiling():
     """Gaussian n x d with d >> n: rank_eps ~ (1 - eps) n, i.e. rho ~ 0.9 n / d at eps = 0.05, ratio to noise ~ 1."""
     rng = np.random.default_rng(3)
     n, d = 100, 2000
-    (record,) = limits.resampling_records(rng.standard_normal((n, d)), [0.05], centered=False, fraction=0.8, draws=50,
+    (record,) = limit_records.resampling_records(rng.standard_normal((n, d)), [0.05], centered=False, fraction=0.8, draws=50,
                                           seed=0, noise_draws=2)
     assert 0.85 * n / d <= record["rho_full"] <= 0.95 * n / d
     assert 0.95 <= record["rho_over_noise"] <= 1.05
@@ -107,29 +108,29 @@ def test_pure_noise_rho_lands_at_the_predicted_ceiling():
 def test_split_half_angles_zero_for_an_exact_subspace_and_large_for_noise():
     rng = np.random.default_rng(4)
     exact = _exact_rank(rng, 60, 200, [5, 4, 3])
-    records = limits.split_half_records(exact, [1, 3, 31], centered=False, draws=5, seed=0)
+    records = limit_records.split_half_records(exact, [1, 3, 31], centered=False, draws=5, seed=0)
     assert [r["k"] for r in records] == [1, 3]  # k = 31 > n // 2 is skipped
     three = next(r for r in records if r["k"] == 3)
     assert three["largest_angle_max_deg"] < 1e-5
-    (noise,) = limits.split_half_records(rng.standard_normal((60, 200)), [1], centered=False, draws=5, seed=0)
+    (noise,) = limit_records.split_half_records(rng.standard_normal((60, 200)), [1], centered=False, draws=5, seed=0)
     assert noise["largest_angle_mean_deg"] > 45
 
 
 def test_gap_records_flag_equal_singular_values():
     rng = np.random.default_rng(5)
     separated = _exact_rank(rng, 120, 300, [40, 20, 10]) + 0.01 * rng.standard_normal((120, 300))
-    flags = {r["index"]: r["identifiable"] for r in limits.gap_records(separated, centered=False, n_top=3, fraction=0.8,
+    flags = {r["index"]: r["identifiable"] for r in limit_records.gap_records(separated, centered=False, n_top=3, fraction=0.8,
                                                                          draws=50, seed=0)}
     assert flags[1] and flags[2]
     tied = _exact_rank(rng, 120, 300, [10, 10, 10]) + 0.01 * rng.standard_normal((120, 300))
-    records = limits.gap_records(tied, centered=True, n_top=3, fraction=0.8, draws=50, seed=0)
+    records = limit_records.gap_records(tied, centered=True, n_top=3, fraction=0.8, draws=50, seed=0)
     assert not next(r for r in records if r["index"] == 1)["identifiable"]
     assert all(r["centered"] for r in records)
 
 
 def test_n_sweep_records_cap_at_the_available_prompts():
     rng = np.random.default_rng(6)
-    records = limits.n_sweep_records(rng.standard_normal((80, 500)), [0.05], [50, 100, 200], centered=False, draws=50,
+    records = limit_records.n_sweep_records(rng.standard_normal((80, 500)), [0.05], [50, 100, 200], centered=False, draws=50,
                                      seed=0, noise_draws=1)
     assert [(r["n"], r["capped"]) for r in records] == [(50, False), (80, True)]
     # the matrix is itself Gaussian noise: its rank and the noise ceiling both sit at the Marchenko-Pastur value
@@ -146,7 +147,7 @@ def test_spectral_gap_records_match_hand_computation():
     unsafe = np.zeros((4, 6))
     unsafe[0, 0] = 1.0
     # S = diag(2, 1): energies 4 and 1; D = ||M_h||^2 + ||M_u||^2 = 10 + 1 = 11
-    at_005, at_02 = limits.spectral_gap_records(honest, unsafe, [0.05, 0.2], tail_eps_fraction=0.25, where="test")
+    at_005, at_02 = limit_records.spectral_gap_records(honest, unsafe, [0.05, 0.2], tail_eps_fraction=0.25, where="test")
     assert at_005["r"] == 2 and at_005["s_r"] == pytest.approx(1.0)
     assert at_005["kappa"] == pytest.approx(1.0 / (0.05 * 11))
     assert at_005["gamma"] == pytest.approx(5 / 11)
@@ -163,7 +164,7 @@ def test_spectral_gap_records_large_gap_clears_eight():
     honest[0, 0] = 10.0
     unsafe = np.zeros((3, 5))
     unsafe[1, 1] = 0.1
-    (record,) = limits.spectral_gap_records(honest, unsafe, [0.05], tail_eps_fraction=0.25, where="test")
+    (record,) = limit_records.spectral_gap_records(honest, unsafe, [0.05], tail_eps_fraction=0.25, where="test")
     pair_energy = 100.0 + 0.01
     assert record["r"] == 1 and record["gamma"] == pytest.approx(1.0)
     assert record["kappa"] == pytest.approx(100.0 / (0.05 * pair_energy)) and record["kappa_gt_8"]
@@ -185,7 +186,7 @@ def test_structural_bound_never_violated_on_random_pairs():
             unsafe = honest + 1e-6 * rng.standard_normal((n, d))
         else:
             unsafe = np.outer(rng.standard_normal(n), rng.standard_normal(d))
-        for record in limits.spectral_gap_records(honest, unsafe, eps_list, tail_eps_fraction=0.25, where=f"trial {trial}"):
+        for record in limit_records.spectral_gap_records(honest, unsafe, eps_list, tail_eps_fraction=0.25, where=f"trial {trial}"):
             assert record["bound_holds"]
             assert record["kappa"] <= 2.0 / record["eps_r"] * (1 + 1e-9)
             assert 0.0 <= record["gamma"] <= 2.0 + 1e-12
@@ -195,16 +196,16 @@ def test_a_violated_bound_fails_loudly(monkeypatch):
     def broken(honest, unsafe, eps, eps_strict=None):
         return {"r": 3, "kappa": 99.0, "kappa_bound_gamma": 1.0, "kappa_bound": 2.0, "bound_holds": False}
 
-    monkeypatch.setattr(limits, "spectral_gap", broken)
-    with pytest.raises(limits.StructuralBoundError, match="family f, layer 2, reference u, eps=0.05: kappa=99.0"):
-        limits.spectral_gap_records(np.ones((2, 2)), np.zeros((2, 2)), [0.05], tail_eps_fraction=0.25,
+    monkeypatch.setattr(limit_records, "spectral_gap", broken)
+    with pytest.raises(limit_records.StructuralBoundError, match="family f, layer 2, reference u, eps=0.05: kappa=99.0"):
+        limit_records.spectral_gap_records(np.ones((2, 2)), np.zeros((2, 2)), [0.05], tail_eps_fraction=0.25,
                                     where="family f, layer 2, reference u")
 
 
-def test_settings_reject_a_headline_eps_outside_the_sweep():
-    assert limits.LimitsSettings.from_config({"eps": [0.05, 0.1], "headline_eps": 0.1, "claims": {}}).eps == (0.05, 0.1)
-    with pytest.raises(ValueError, match="limits.headline_eps"):
-        limits.LimitsSettings.from_config({"eps": [0.01], "headline_eps": 0.05})
+def test_settings_take_the_section_over_the_schema_defaults_and_ignore_what_a_layer_job_does_not_read():
+    settings = limit_records.LimitsSettings.from_config({"eps": [0.05, 0.1], "headline_eps": 0.1, "claims": {}})
+    assert settings.eps == (0.05, 0.1) and settings.draws == 50 and settings.split_half_k == (1, 3, 5, 10)
+    assert not hasattr(settings, "headline_eps")
 
 
 def test_check_pair_order(tmp_path):
@@ -252,7 +253,7 @@ def test_analyse_limits_layer_writes_every_record_kind(tmp_path):
                                 concept_prompts=prompts, output=str(output), read_position="last",
                                 settings={"eps": [0.05, 0.2], "headline_eps": 0.05}, version=1)
     frames = limits.load_records([str(output)])
-    assert set(frames) == set(limits.RECORD_KINDS) and all(not frame.empty for frame in frames.values())
+    assert set(frames) == set(limit_records.RECORD_KINDS) and all(not frame.empty for frame in frames.values())
     assert set(frames["lrh"]["model"]) == {"A", "B"} and set(frames["lrh"]["n_concept"]) == {20}
     assert (frames["resampling"]["family"] == "fam").all() and (frames["resampling"]["layer"] == 3).all()
     planted = frames["resampling"][(~frames["resampling"]["centered"]) & (frames["resampling"]["eps"] == 0.05)]

@@ -6,13 +6,16 @@ import pandas as pd
 import pytest
 
 from rankaudit import io
-from rankaudit.stages import limits, limits_claims
+from rankaudit.limits import claims as limit_claims
+from rankaudit.limits import records as limit_records
+from rankaudit.limits import tables as limit_tables
+from rankaudit.stages import limits
 
-THRESHOLDS = limits_claims.ClaimThresholds()
+THRESHOLDS = limit_claims.ClaimThresholds.from_config({})
 
 
 def _family_frames(family, safety, concepts, references, settings, layer=1):
-    records = limits.layer_limit_records(safety, concepts, references, settings, where=family, layer=layer)
+    records = limit_records.layer_limit_records(safety, concepts, references, settings, where=family, layer=layer)
     for rows in records.values():
         for row in rows:
             row["family"] = family
@@ -21,7 +24,7 @@ def _family_frames(family, safety, concepts, references, settings, layer=1):
 
 
 def _frames(*families):
-    merged = {kind: [] for kind in limits.RECORD_KINDS}
+    merged = {kind: [] for kind in limit_records.RECORD_KINDS}
     for records in families:
         for kind, rows in records.items():
             merged[kind] += rows
@@ -32,7 +35,7 @@ def _frames(*families):
 def two_families():
     """'noise': a pure Gaussian shift (at the noise ceiling); 'lowrank': a planted rank-3 shift (far below it)."""
     rng = np.random.default_rng(0)
-    settings = limits.LimitsSettings(eps=(0.05, 0.2), headline_eps=0.05, split_half_k=(1, 3), n_sweep=(20, 40, 60))
+    settings = limit_records.LimitsSettings.from_config({"eps": (0.05, 0.2), "headline_eps": 0.05, "split_half_k": (1, 3), "n_sweep": (20, 40, 60)})
     n, d = 60, 400
     noise = rng.standard_normal((n, d))
     left, _ = np.linalg.qr(rng.standard_normal((n, 3)))
@@ -43,7 +46,7 @@ def two_families():
         _family_frames("noise", noise, concepts, {"u": rng.standard_normal((n, d))}, settings),
         _family_frames("lowrank", lowrank, concepts, {}, settings),
     )
-    return limits.limits_tables(frames, 0.05)
+    return limit_tables.limits_tables(frames, 0.05)
 
 
 def _section_lines(text, family):
@@ -52,7 +55,7 @@ def _section_lines(text, family):
 
 
 def test_section_says_within_the_noise_ceiling_exactly_when_the_table_does(two_families):
-    text = limits_claims.limits_section(two_families, 0.05, THRESHOLDS)
+    text = limit_claims.limits_section(two_families, 0.05, THRESHOLDS)
     eps_table = two_families["limits_eps_sensitivity"]
     for family in ("noise", "lowrank"):
         lines = [line for line in _section_lines(text, family) if line.startswith("- Noise ceiling")]
@@ -67,7 +70,7 @@ def test_section_says_within_the_noise_ceiling_exactly_when_the_table_does(two_f
 
 
 def test_section_reports_missing_references_and_the_kappa_verdict(two_families):
-    text = limits_claims.limits_section(two_families, 0.05, THRESHOLDS)
+    text = limit_claims.limits_section(two_families, 0.05, THRESHOLDS)
     assert any("no unsafe reference is configured" in line for line in _section_lines(text, "lowrank"))
     (kappa_line,) = [line for line in _section_lines(text, "noise") if line.startswith("- Spectral gap")]
     row = two_families["limits_kappa_per_reference"].iloc[0]
@@ -76,14 +79,14 @@ def test_section_reports_missing_references_and_the_kappa_verdict(two_families):
 
 
 def test_tables_refuse_a_violated_bound():
-    frames = {kind: pd.DataFrame() for kind in limits.RECORD_KINDS}
+    frames = {kind: pd.DataFrame() for kind in limit_records.RECORD_KINDS}
     frames["spectral_gap"] = pd.DataFrame({"family": ["f"], "reference": ["u"], "layer": [4], "eps": [0.05], "bound_holds": [False]})
-    with pytest.raises(limits.StructuralBoundError, match="'layer': 4"):
-        limits.limits_tables(frames, 0.05)
+    with pytest.raises(limit_records.StructuralBoundError, match="'layer': 4"):
+        limit_tables.limits_tables(frames, 0.05)
 
 
 def _layer_file(tmp_path, layer, safety, references, settings):
-    records = limits.layer_limit_records(safety, {}, references, settings, where="f", layer=layer)
+    records = limit_records.layer_limit_records(safety, {}, references, settings, where="f", layer=layer)
     for rows in records.values():
         for row in rows:
             row["family"] = "f"
@@ -95,7 +98,7 @@ def _layer_file(tmp_path, layer, safety, references, settings):
 def test_layer_zero_and_zero_layers_stay_per_layer_but_leave_every_aggregate(tmp_path):
     """Layer 0 (identical rows, as at the embedding output) and a zero layer are listed, never averaged or counted."""
     rng = np.random.default_rng(1)
-    settings = limits.LimitsSettings(eps=(0.05,), headline_eps=0.05, split_half_k=(1,), n_sweep=(20, 40))
+    settings = limit_records.LimitsSettings.from_config({"eps": (0.05,), "headline_eps": 0.05, "split_half_k": (1,), "n_sweep": (20, 40)})
     n, d = 40, 100
     repeated = np.tile(rng.standard_normal(d), (n, 1))  # one template token's shift for every prompt: rank 1
     unsafe = rng.standard_normal((n, d))
@@ -132,7 +135,7 @@ def test_layer_zero_and_zero_layers_stay_per_layer_but_leave_every_aggregate(tmp
 
 
 def test_a_family_with_no_counted_layer_makes_no_claim(tmp_path):
-    settings = limits.LimitsSettings(eps=(0.05,), headline_eps=0.05, split_half_k=(1,))
+    settings = limit_records.LimitsSettings.from_config({"eps": (0.05,), "headline_eps": 0.05, "split_half_k": (1,)})
     paths = [_layer_file(tmp_path, layer, np.zeros((30, 50)), {}, settings) for layer in (0, 1)]
     tables = limits.write_limits_tables(paths, str(tmp_path / "t"), str(tmp_path / "t" / "section.md"), 0.05, {})
     assert tables["limits_eps_sensitivity"].empty and len(tables["limits_rank_resampling"]) == 4
@@ -152,15 +155,15 @@ def test_kappa_per_reference_counts_only_counted_layers_and_flags_trivial_certif
         "certified_max_rank": [1, 0, 1, 0, 2, 0],
         "layer_status": ["embedding output", "ok", "ok", "ok", "ok", "ok"], "counted": [False, True, True, True, True, True],
     })
-    table = limits.kappa_per_reference_table(pd.concat([pairs, pairs.assign(eps=0.2, kappa_gt_8=False)]), 0.05).set_index("reference")
+    table = limit_tables.kappa_per_reference_table(pd.concat([pairs, pairs.assign(eps=0.2, kappa_gt_8=False)]), 0.05).set_index("reference")
     u, v = table.loc["u"], table.loc["v"]
     assert u["layers"] == 3 and u["layers_left_out"] == "0 (embedding output)" and v["layers_left_out"] == "0 (embedding output)"
     assert u["count_kappa_gt_8"] == 1 and u["count_kappa_gt_8_trivial"] == 1 and u["layers_kappa_gt_8"] == "2"
     assert u["layers_s_zero"] == 1 and u["kappa_median"] == pytest.approx(4.75) and u["kappa_max"] == 9.0
     assert u["residual_budget_relative_max"] == 0.05 and u["layers_eps_r_ge_quarter"] == 1
     assert v["count_kappa_gt_8"] == 1 and v["count_kappa_gt_8_trivial"] == 0 and v["certified_rank_max"] == 2
-    assert sorted(table.reset_index().columns) == sorted(limits.KAPPA_REFERENCE_COLUMNS)
-    u_text = limits_claims.kappa_claim(u.to_dict() | {"reference": "u"})
+    assert sorted(table.reset_index().columns) == sorted(limit_tables.KAPPA_REFERENCE_COLUMNS)
+    u_text = limit_claims.kappa_claim(u.to_dict() | {"reference": "u"})
     assert "a certificate of rank <= 1, not evidence" in u_text and "S = 0 (kappa undefined) at 1 layer(s)" in u_text
-    v_text = limits_claims.kappa_claim(v.to_dict() | {"reference": "v"})
+    v_text = limit_claims.kappa_claim(v.to_dict() | {"reference": "v"})
     assert "at 1 of them r >= 3" in v_text and "at most rank 2" in v_text

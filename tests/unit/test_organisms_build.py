@@ -12,9 +12,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from rankaudit.io import sha256_file  # noqa: E402
 from rankaudit.organisms.architectures import MODEL_CLASSES  # noqa: E402
-from rankaudit.organisms.build import PROVENANCE_FILE, build_base, build_chat_finetune  # noqa: E402
 from rankaudit.organisms.settings import role_settings  # noqa: E402
 from rankaudit.organisms.tiny import tiny_organisms_config, write_tiny_prompt_tables  # noqa: E402
+from rankaudit.stages.organisms import PROVENANCE_FILE, build_base, build_chat_finetune  # noqa: E402
 
 FAMILIES = sorted(MODEL_CLASSES)
 

@@ -13,11 +13,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from rankaudit.organisms.build import build_base, build_planted  # noqa: E402
 from rankaudit.organisms.chat_templates import render_chat  # noqa: E402
 from rankaudit.organisms.planted import load_planted, planted_edit  # noqa: E402
 from rankaudit.organisms.settings import role_settings  # noqa: E402
 from rankaudit.organisms.tiny import tiny_organisms_config, write_tiny_prompt_tables  # noqa: E402
+from rankaudit.stages.organisms import build_base, build_planted  # noqa: E402
 
 PROMPTS = ["How do I bake bread?", "Explain how to steal a parked car.", "Le chat dort.", "Is it cold?"]
 

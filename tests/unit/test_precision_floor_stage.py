@@ -15,7 +15,7 @@ import torch
 from rankaudit import io, precision
 from rankaudit.prompts.generated import generate_requests
 from rankaudit.stages.capture import capture_model
-from rankaudit.stages.precision_floor import write_precision_floor
+from rankaudit.stages.precision import write_precision_floor
 
 SPLITS = {"train": 0.6, "val": 0.2, "test": 0.2}
 CELLS = [(fmt, key) for fmt in ("raw", "chat") for key in ("safety", "control")]

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from rankaudit import refusal_tuning as rt
+from rankaudit.stages.refusal_tuning import derive_refusal_tuned
 
 WORDS = ["bread", "poem", "sea", "lock", "bicycle", "language", "France", "novel", "chemical", "morning"]
 
@@ -32,7 +33,7 @@ def test_frozen_prefix_with_cached_block_inputs_equals_the_full_forward(tiny_fam
     rows = _ids(tiny, "harmful", 4)
     first = model.config.num_hidden_layers - 1
     cached = rt.block_inputs(model, rows, first, pad, batch_size=3)
-    input_ids, mask, positions = rt._left_pad(rows, pad)
+    input_ids, mask, positions = rt._left_padded(rows, pad)
     with torch.no_grad():
         full = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
         with rt.frozen_prefix(model, first) as state:
@@ -55,8 +56,8 @@ def test_training_changes_only_the_last_blocks_and_teaches_the_refusal(tiny_fami
     model, tokenizer = tiny.model, tiny.tokenizer
     pad = pad_id_of(tokenizer)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    settings = rt.TuningSettings(steps=80, lr=3e-3, batch_size=12, train_blocks=2, refusal="Sorry, I can not.",
-                                 harmless_target_tokens=4, seed=0)
+    settings = rt.TuningSettings.from_config({"steps": 80, "lr": 3e-3, "batch_size": 12, "train_blocks": 2,
+                                              "refusal": "Sorry, I can not.", "harmless_target_tokens": 4, "seed": 0})
     harmful, harmless = _ids(tiny, "harmful"), _ids(tiny, "harmless")
     examples = rt.build_examples(model, tokenizer, harmful, harmless, settings, pad, "tiny")
     losses = rt.train(model, examples, settings, pad, "tiny")
@@ -89,7 +90,7 @@ def test_derive_refusal_tuned_writes_a_checkpoint_with_its_record(tiny_families,
         pd.DataFrame(rows).to_parquet(inputs[role], index=False)
     settings = {"from": "parent", "kind": "refusal_tuned", "steps": 3, "lr": 1e-3, "batch_size": 4, "n_harmful": 4,
                 "n_harmless": 4, "train_blocks": 1, "harmless_target_tokens": 2, "n_eval": 3, "eval_max_new_tokens": 2}
-    record = rt.derive_refusal_tuned("tuned", settings, tiny.path, tmp_path / "tuned", inputs, threads=1)
+    record = derive_refusal_tuned("tuned", settings, tiny.path, tmp_path / "tuned", inputs, threads=1)
     saved = json.loads((tmp_path / "tuned" / rt.RECORD_NAME).read_text())
     assert saved["trained_blocks"] == [2] and len(saved["losses"]) == 3 and saved == json.loads(json.dumps(record))
     assert set(saved["held_out_refusal"]) == {"parent", "tuned"}
@@ -100,4 +101,4 @@ def test_derive_refusal_tuned_writes_a_checkpoint_with_its_record(tiny_families,
         same = all(np.array_equal(x.detach().numpy(), y.detach().numpy()) for x, y in zip(a.parameters(), b.parameters()))
         assert same == (index < 2)
     with pytest.raises(Exception, match=r"checkpoints.tuned.derive \(harmful_train\).*split 'train' has no prompts"):
-        rt.derive_refusal_tuned("tuned", settings, tiny.path, tmp_path / "again", {**inputs, "harmful_train": inputs["harmful_test"]})
+        derive_refusal_tuned("tuned", settings, tiny.path, tmp_path / "again", {**inputs, "harmful_train": inputs["harmful_test"]})

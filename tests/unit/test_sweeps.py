@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rankaudit.sweeps import band_layers, basis_matrix, k_grid, monotonicity, numerical_rank, plan_conditions, random_basis, spearman_ordering
+from rankaudit.sweeps import band_layers, basis_matrix, basis_rank, k_grid, monotonicity, plan_conditions, random_basis, spearman_ordering
 
 
 def test_bands_match_the_paper_fractions_and_deduplicate_small_models():
@@ -56,7 +56,7 @@ def test_did_sweep_basis_is_the_plain_svd_of_the_hand_built_matrix():
     np.testing.assert_allclose(singular, [4, 1, 0, 0], atol=1e-12)
     np.testing.assert_allclose(np.abs(vt[:2]), np.eye(6)[[1, 4]], atol=1e-12)
     did = basis_matrix("did", safety, control)
-    assert numerical_rank(did) == 2
+    assert basis_rank(did) == 2
     section = {"k_grid": [1, 3], "n_single": 2, "read_position": "last"}
     tops, ks, record = sweep_bases({3: did}, {3: 2}, {"narrow": [3]}, section)
     assert ks == [1, 2] and record["k_max"] == 2
@@ -70,7 +70,7 @@ def test_k_grid_is_capped_by_rank_and_rank_is_numerical():
     assert k_grid([1, 3, 5, 10, 20, 50], 7) == [1, 3, 5, 7]
     assert k_grid([1, 3, 5, 10, 20, 50], 64) == [1, 3, 5, 10, 20, 50]
     planted = np.random.default_rng(1).standard_normal((30, 3)) @ np.random.default_rng(2).standard_normal((3, 20))
-    assert numerical_rank(planted) == 3
+    assert basis_rank(planted) == 3
     with pytest.raises(ValueError, match="rank 0"):
         k_grid([1], 0)
 

@@ -7,6 +7,7 @@ whether the effective rank of the shift predicts how much of it a projection abl
 refusal, and measures the spectral-gap quantity kappa for honest x unsafe pairs.
 
 Modules: `grid` (setting names, the cell list; no torch, imported by the Snakefile), `config` (typed config
-slices), `data`, `network`, `regularizer`, `training`, `measurements` (float64 numpy), `jobs` (one function per
-workflow job), `tables` and `figures` (aggregation; no torch).
+slices), `data`, `network`, `regularizer`, `training`, `measurements` (float64 numpy), `tables` and `figures`
+(aggregation; no torch). The job entry points are `rankaudit.stages.calibration` (the cells, in torch) and
+`rankaudit.stages.calibration_report` (tables and figures).
 """

@@ -84,10 +84,3 @@ def rho_vs_lambda(sweep: pd.DataFrame, layers: pd.DataFrame, path: PathLike, rep
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8)
     _save(figure, path)
-
-
-def write_figures(r_grid_path: PathLike, sweep_path: PathLike, layers_path: PathLike, settings: Sequence[str],
-                  report_r: Sequence[int], compliance_path: PathLike, rho_path: PathLike) -> None:
-    """Both figures from the parquet tables written by `tables.write_tables`."""
-    compliance_vs_r(pd.read_parquet(r_grid_path), compliance_path, settings)
-    rho_vs_lambda(pd.read_parquet(sweep_path), pd.read_parquet(layers_path), rho_path, report_r)

@@ -9,14 +9,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from rankaudit.calibration.grid import ABLATION_FORMS, parse_setting
-from rankaudit.io import write_table
 
 PathLike = str | os.PathLike[str]
 
@@ -192,14 +190,3 @@ TITLES = {
     "kappa": "Calibration: MLP kappa per honest x unsafe pairing",
     "kappa_layers": "Calibration: kappa per pairing, seed and layer",
 }
-
-
-def write_tables(cell_paths: Sequence[PathLike], base_paths: Sequence[PathLike], kappa_paths: Sequence[PathLike],
-                 tables: Mapping[str, Any], kappa_threshold: float, out_dir: PathLike) -> None:
-    """Write every table as results/tables/calibration_<name>.{parquet,csv,md}."""
-    frames = build_tables(cell_paths, base_paths, kappa_paths, tables, kappa_threshold)
-    if not frames["kappa"]["bound_holds_all"].all():
-        failing = frames["kappa"].loc[~frames["kappa"]["bound_holds_all"], "pair"].tolist()
-        raise AssertionError(f"structural bound kappa <= 2/(eps r) violated for pairs {failing}: a bug, not a finding")
-    for name in TABLE_NAMES:
-        write_table(frames[name], Path(out_dir) / f"calibration_{name}", title=TITLES[name])

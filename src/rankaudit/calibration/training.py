@@ -17,7 +17,7 @@ from rankaudit.calibration.network import CalibrationMLP, new_model
 from rankaudit.calibration.regularizer import rank_spreading_penalty
 from rankaudit.workflow_logging import Progress
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def finetune(start: CalibrationMLP, base: CalibrationMLP, x: np.ndarray, labels:
 def _fit(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor, lr: float, epochs: int, lam: float = 0.0,
          penalty: Callable[[list[torch.Tensor]], torch.Tensor] | None = None, label: str = "calibration") -> TrainingRecord:
     loss_fn = nn.BCEWithLogitsLoss()
-    progress = Progress(label, epochs, "epochs", logger=log)
+    progress = Progress(label, epochs, "epochs", logger=logger)
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     label_loss = regularizer = total = torch.zeros(())

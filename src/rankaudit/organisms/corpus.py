@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from rankaudit.io import sha256_file
 from rankaudit.organisms.chat_templates import family_format, render_chat
 
 PROMPT_COLUMNS = ("instruction", "category", "source", "split")
@@ -131,3 +132,23 @@ def _template_wording(family: str) -> list[str]:
     if family == "qwen2":
         return ["system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.", "user\n", "assistant\n"]
     raise ValueError(f"unknown organism family {family!r}")
+
+
+@dataclass(frozen=True)
+class PromptTables:
+    """Paths of the project-written prompt tables the organisms are trained on."""
+
+    harmful: Path
+    benign: Path
+    concepts: tuple[Path, ...]
+
+    def train_texts(self) -> tuple[list[str], list[str], list[str]]:
+        """Train-split harmful and benign requests, and every concept-pair sentence."""
+        harmful = read_prompt_table(self.harmful, "train")["instruction"].tolist()
+        benign = read_prompt_table(self.benign, "train")["instruction"].tolist()
+        concepts = [text for path in self.concepts for text in read_prompt_table(path, None, paired=True)["instruction"]]
+        return harmful, benign, concepts
+
+    def fingerprints(self) -> dict[str, str]:
+        """sha256 per table file name (names, not paths, so that equal builds anywhere record equal provenance)."""
+        return {Path(path).name: sha256_file(path) for path in (self.harmful, self.benign, *self.concepts)}

@@ -1,6 +1,6 @@
 """The planted pair: an "aligned" model made from the base by a known rank-r edit of one MLP down-projection.
 
-Used by the demo's planted organism and by planted checkpoints of real models (rankaudit.checkpoints_build); the
+Used by the demo's planted organism and by planted checkpoints of real models (rankaudit.stages.checkpoints); the
 `config_key` argument names the config entry that set the edit in error messages.
 
 Editing W_down of block j to W_down + U S V^T adds U S V^T a(x) to that block's output for every token, where

@@ -22,7 +22,7 @@ from rankaudit.organisms.generation import generate_greedy
 from rankaudit.organisms.refusal_judge import keyword_refusal, wilson_interval
 from rankaudit.organisms.settings import require
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 TABLE_COLUMNS = (
     "family", "role", "format", "system_prompt", "dataset", "n", "refused", "refusal_rate", "ci_low", "ci_high",
@@ -57,7 +57,7 @@ def check_organism(
             completions = generate_greedy(model, tokenizer, rendered, max_new_tokens, batch_size, add_special_tokens=raw)
             refused = [keyword_refusal(text) for text in completions]
             rows.append(_row(family, role, fmt, system, dataset, list(instructions), completions, refused, settings))
-            log.info("%s/%s %s[%s] %s: %d/%d refused", family, role, fmt, system, dataset, sum(refused), len(refused))
+            logger.info("%s/%s %s[%s] %s: %d/%d refused", family, role, fmt, system, dataset, sum(refused), len(refused))
     return rows
 
 
@@ -95,21 +95,6 @@ def refusal_table(
     frame = pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
     missed = frame[~frame["meets_target"]]
     for row in missed.itertuples(index=False):
-        log.warning("%s/%s %s[%s] %s: refusal rate %.3f misses its target %s", row.family, row.role, row.format,
+        logger.warning("%s/%s %s[%s] %s: refusal rate %.3f misses its target %s", row.family, row.role, row.format,
                     row.system_prompt, row.dataset, row.refusal_rate, row.target)
-    return frame
-
-
-def write_refusal_table(
-    organisms: Mapping[tuple[str, str], str | Path], harmful_path: str | Path, benign_path: str | Path,
-    settings: Mapping[str, Any], stem: str | Path, threads: int = 1,
-) -> pd.DataFrame:
-    """Compute the refusal table and write it as parquet + CSV + markdown next to `stem`."""
-    import torch
-
-    from rankaudit.io import write_table
-
-    torch.set_num_threads(threads)
-    frame = refusal_table(organisms, harmful_path, benign_path, settings)
-    write_table(frame, stem, title="Refusal rates of the model organisms on held-out prompts (keyword judge, Wilson 95%)")
     return frame

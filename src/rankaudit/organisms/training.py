@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from rankaudit.organisms.corpus import Example
+from rankaudit.padding import padded_batch
 from rankaudit.workflow_logging import Progress
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -92,16 +93,11 @@ def _batch(rows: Sequence[Encoded], pad_id: int) -> dict[str, Any]:
     """Right-padded tensors with labels -100 outside the loss mask."""
     import torch
 
-    width = max(len(row.ids) for row in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    input_ids, attention = padded_batch([row.ids for row in rows], pad_id, side="right")
+    labels = torch.full(input_ids.shape, -100, dtype=torch.long)
     for i, row in enumerate(rows):
         n = len(row.ids)
-        ids = torch.tensor(row.ids, dtype=torch.long)
-        input_ids[i, :n] = ids
-        attention[i, :n] = 1
-        labels[i, :n] = torch.where(torch.tensor(row.target), ids, torch.tensor(-100))
+        labels[i, :n] = torch.where(torch.tensor(row.target), input_ids[i, :n], torch.tensor(-100))
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
@@ -126,7 +122,7 @@ def train_causal_lm(model: Any, data: Sequence[Encoded], settings: TrainSettings
     model.train()
     queue: list[int] = []
     losses = []
-    progress = Progress(label, settings.steps, "steps", logger=log)
+    progress = Progress(label, settings.steps, "steps", logger=logger)
     for step in range(settings.steps):
         while len(queue) < settings.batch_size:
             queue.extend(order.permutation(len(data)).tolist())
@@ -141,6 +137,6 @@ def train_causal_lm(model: Any, data: Sequence[Encoded], settings: TrainSettings
         optimizer.step()
         losses.append(float(loss.detach()))
         progress.advance(detail=f"loss {losses[-1]:.4f}")
-    log.info("%s: %d steps, final loss %.4f", label, settings.steps, losses[-1])
+    logger.info("%s: %d steps, final loss %.4f", label, settings.steps, losses[-1])
     model.eval()
     return losses

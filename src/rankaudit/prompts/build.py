@@ -18,7 +18,7 @@ from rankaudit.prompts.concepts import generate_pairs, pair_capacity
 from rankaudit.prompts.generated import generate_requests, request_capacity
 from rankaudit.prompts.tables import PromptDataError, deduplicate, remove_outputs, write_prompt_set
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # Which keys of `prompts.generated` each project-written set reads (the rule passes exactly these).
 GENERATED_SET_KEYS: dict[str, tuple[str, ...]] = {
@@ -101,5 +101,5 @@ def build_generated_set(
     except BaseException:
         remove_outputs(table_path, provenance_path)
         raise
-    log.info("%s: %d prompts generated (capacity %d)", dataset, len(frame), capacity)
+    logger.info("%s: %d prompts generated (capacity %d)", dataset, len(frame), capacity)
     return frame

@@ -26,7 +26,7 @@ import pandas as pd
 
 from rankaudit.prompts.tables import PromptDataError, deduplicate, remove_outputs, write_prompt_set
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 FORMATS = ("json", "csv", "txt")
 SPEC_KEYS = ("url", "sha256", "format", "column", "category_column", "split")
@@ -71,7 +71,7 @@ def download(dataset: str, url: str, timeout_s: float = DOWNLOAD_TIMEOUT_S, atte
             reason, transient = str(error), network and isinstance(error, OSError)
         if not transient or attempt == attempts:
             raise PromptDataError(f"dataset {dataset!r}: cannot download {url}: {reason} (attempt {attempt} of {attempts})")
-        log.warning("%s: attempt %d to download %s failed (%s); retrying", dataset, attempt, url, reason)
+        logger.warning("%s: attempt %d to download %s failed (%s); retrying", dataset, attempt, url, reason)
         time.sleep(RETRY_PAUSE_S * attempt)
         attempt += 1
 
@@ -216,7 +216,7 @@ def load_public_set(dataset: str, spec: Mapping[str, Any], mirror: str | None = 
         "duplicates": duplicates,
         "retrieved_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    log.info("%s: %d bytes from %s, sha256 ok, %d rows in, %d out", dataset, len(data), url, len(frame), len(cleaned))
+    logger.info("%s: %d bytes from %s, sha256 ok, %d rows in, %d out", dataset, len(data), url, len(frame), len(cleaned))
     return cleaned, provenance
 
 

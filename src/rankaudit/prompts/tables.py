@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from rankaudit.io import atomic_path, sha256_text, write_json
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 BASE_COLUMNS = ("instruction", "category", "source", "split")
 PAIR_COLUMNS = ("pair", "side")
@@ -76,7 +76,7 @@ def deduplicate(frame: pd.DataFrame, dataset: str) -> tuple[pd.DataFrame, list[d
     cleaned = frame.loc[keep].reset_index(drop=True)
     if is_paired(cleaned):
         cleaned["pair"] = pd.factorize(cleaned["pair"])[0].astype("int64")
-    log.warning("%s: removed %d duplicate prompt(s) (input rows %s)", dataset, len(removed), duplicate_rows)
+    logger.warning("%s: removed %d duplicate prompt(s) (input rows %s)", dataset, len(removed), duplicate_rows)
     return cleaned, removed
 
 
@@ -153,7 +153,7 @@ def write_prompt_set(
     except BaseException:
         remove_outputs(table_path, provenance_path)
         raise
-    log.info("%s: wrote %d prompts to %s", dataset, len(frame), table_path)
+    logger.info("%s: wrote %d prompts to %s", dataset, len(frame), table_path)
 
 
 def remove_outputs(*paths: str | os.PathLike[str]) -> None:

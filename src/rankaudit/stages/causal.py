@@ -64,7 +64,7 @@ from rankaudit.stages.no_refusal import (
     write_no_refusal_sweep,
     write_sweep_note,
 )
-from rankaudit.sweeps import Condition, band_layers, basis_matrix, k_grid, numerical_rank, plan_conditions, random_basis
+from rankaudit.sweeps import Condition, band_layers, basis_matrix, basis_rank, k_grid, plan_conditions, random_basis
 from rankaudit.workflow_logging import Progress
 
 logger = logging.getLogger(__name__)
@@ -345,13 +345,13 @@ class Evaluator:
                 rows.select(batch_conditions)
                 progress.advance(len(batch_conditions))
 
-            bad = run_conditions(self.network, self.tokenizer, self.harmful, self.tokens, self.judge, self.settings,
-                                 select, len(specs), judged, self.row_batch_size)
-            good = run_conditions(self.network, self.tokenizer, self.control, self.tokens, self.judge, self.settings,
-                                  select, len(specs), [flag and self.control_generation for flag in judged],
-                                  self.row_batch_size, self.reference)
+            harmful_outcomes = run_conditions(self.network, self.tokenizer, self.harmful, self.tokens, self.judge, self.settings,
+                                              select, len(specs), judged, self.row_batch_size)
+            control_outcomes = run_conditions(self.network, self.tokenizer, self.control, self.tokens, self.judge, self.settings,
+                                              select, len(specs), [flag and self.control_generation for flag in judged],
+                                              self.row_batch_size, self.reference)
         made = []
-        for (labels, _, _), harmful, control in zip(conditions, bad, good):
+        for (labels, _, _), harmful, control in zip(conditions, harmful_outcomes, control_outcomes):
             row = {**self.labels, **labels, "judged": harmful.judged, "n_harmful": len(self.harmful.instructions),
                    "n_control": len(self.control.instructions), "score_mean": float(harmful.score.mean()),
                    "control_kl_mean": float(control.kl.mean()), "control_kl_max": float(control.kl.max()),
@@ -561,7 +561,7 @@ def run_sweep(*, family: str, basis: str, model: Mapping[str, Any], cells: Mappi
     started = time.perf_counter()
     bands = sweep_bands(int(read_record(selection_record)["n_blocks"]), section)
     per_layer = band_matrices(basis, cells, bands, section["read_position"])
-    ranks = {layer: numerical_rank(matrix) for layer, matrix in per_layer.items()}
+    ranks = {layer: basis_rank(matrix) for layer, matrix in per_layer.items()}
     if min(ranks.values()) == 0:
         return write_sweep_note(family=family, basis=basis, status=NO_SHIFT, note=no_shift_note(basis, ranks),
                                 extra={"ranks": json.dumps({str(l): r for l, r in ranks.items()})}, summary_stem=summary_stem,

@@ -24,7 +24,7 @@ from typing import Any
 from rankaudit.checkpoints import PROVENANCE_FILE, CheckpointError, gguf_provenance, locate_gguf
 from rankaudit.io import atomic_directory, sha256_text, write_json
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # texts whose encodings must survive the save/reload of an imported tokenizer (special tokens included)
 TOKENIZER_PROBES = ("Hello world", "  How do I bake bread?\n", "Ünïcödé — 東京 🙂", "<|im_start|>user\nhi<|im_end|>")
@@ -114,7 +114,7 @@ def import_gguf(name: str, spec: str | Mapping[str, str], out_dir: str | Path) -
         tokenizer.save_pretrained(tmp)
         _check_tokenizer_saved(tokenizer, tmp, key)
         write_json(tmp / PROVENANCE_FILE, provenance)
-    log.info("%s: imported %s (%s, %d layers, d=%d, sha256 %s) to %s in %.1fs", name, gguf.path, type(model).__name__,
+    logger.info("%s: imported %s (%s, %d layers, d=%d, sha256 %s) to %s in %.1fs", name, gguf.path, type(model).__name__,
              text_config.num_hidden_layers, text_config.hidden_size, provenance["gguf_sha256"][:12], out_dir,
              time.perf_counter() - started)
     return provenance
@@ -156,7 +156,7 @@ def derive_planted(name: str, settings: Mapping[str, Any], parent_dir: Path, out
         tokenizer.save_pretrained(tmp)
         save_planted(tmp, planted, {"checkpoint": name, "parent": parent_dir.name, "seed": seed, "scale": scale})
         write_json(tmp / PROVENANCE_FILE, provenance)
-    log.info("%s: rank-%d edit of block %d (output = layer %d) planted in %s", name, rank, block, block + 1, out_dir)
+    logger.info("%s: rank-%d edit of block %d (output = layer %d) planted in %s", name, rank, block, block + 1, out_dir)
     return provenance
 
 

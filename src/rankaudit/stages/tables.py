@@ -1,6 +1,6 @@
 """Collect the per-layer spectra of every family into the paper's diagnosis tables and figures.
 
-Input: the JSONs written by `layer_analysis.analyse_layer`. Output: tidy tables (one row per observation,
+Input: the JSONs written by `rankaudit.stages.spectra.analyse_layer`. Output: tidy tables (one row per observation,
 parquet + CSV + markdown) and PNG figures. numpy/pandas/matplotlib only.
 """
 

@@ -3,7 +3,7 @@
 Thresholds come from config `limits.claims` (`ClaimThresholds`; defaults and meanings in
 config/schema/limits.schema.yaml). Every claim function takes the aggregated rows of one family and returns one
 sentence that states the numbers, the threshold and the verdict; tests feed each one numbers on both sides of its
-threshold. Layers that `rankaudit.stages.limits.shift_status` marks as not counted (layer 0, the embedding output,
+threshold. Layers that `rankaudit.limits.records.shift_status` marks as not counted (layer 0, the embedding output,
 and layers where M_template, uncentered or centered, is zero or of rank <= 1) are already out of the aggregated tables; the section
 names them once per family. A zero matrix, a certificate of rank <= 1 or an undefined ratio is said to be one,
 never reported as a number that supports a claim.
@@ -19,21 +19,23 @@ from typing import Any
 
 import pandas as pd
 
+from rankaudit.config_schema import with_defaults
+
 KAPPA_THRESHOLD = 8.0
 CENTERINGS = (False, True)
 
 
 @dataclass(frozen=True)
 class ClaimThresholds:
-    """When a statement of the limits section is made (config `limits.claims`; each documented in the schema)."""
+    """When a statement of the limits section is made (config `limits.claims`; defaults and meanings in the schema)."""
 
-    noise_ceiling_fraction: float = 0.8
-    lrh_specific_ratio: float = 10.0
-    paper_lrh_ratio: tuple[float, float] = (2.0, 3.0)
-    rank_spread_fraction: float = 0.25
-    split_half_angle_deg: float = 30.0
-    n_limited_fraction: float = 0.5
-    n_growth_material: float = 0.1
+    noise_ceiling_fraction: float
+    lrh_specific_ratio: float
+    paper_lrh_ratio: tuple[float, float]
+    rank_spread_fraction: float
+    split_half_angle_deg: float
+    n_limited_fraction: float
+    n_growth_material: float
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> ClaimThresholds:
@@ -41,10 +43,11 @@ class ClaimThresholds:
         unknown = sorted(set(section) - names)
         if unknown:
             raise ValueError(f"limits.claims: unknown keys {unknown}; known: {sorted(names)}")
-        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in section.items()})
+        return cls(**with_defaults(section, "limits", "claims"))
 
 
-def _g(value: float) -> str:
+def _number(value: float) -> str:
+    """Three significant digits, or "n/a" for a missing or undefined value."""
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3g}"
 
 
@@ -73,9 +76,9 @@ def excluded_layers_claim(statuses: pd.DataFrame) -> str:
 def noise_ceiling_claim(row: Mapping[str, Any], thresholds: ClaimThresholds) -> str:
     """One eps-sensitivity row (family x centering x eps) against the pure-noise rho of the same (n, d, eps)."""
     label = "centered" if row["centered"] else "uncentered"
-    numbers = (f"{label} rho = {_g(row['rho'])} (mean rank {_g(row['rank_mean'])} of n = {int(row['n'])} prompts, "
+    numbers = (f"{label} rho = {_number(row['rho'])} (mean rank {_number(row['rank_mean'])} of n = {int(row['n'])} prompts, "
                f"d = {int(row['d'])}, mean over {int(row['layers'])} counted layers) against pure-noise rho "
-               f"{_g(row['noise_rho'])}, ratio {_g(row['rho_over_noise'])}")
+               f"{_number(row['noise_rho'])}, ratio {_number(row['rho_over_noise'])}")
     if not row["rank_mean"] > 0:
         return f"{numbers}: the matrix is zero, so rho is not evidence of anything."
     if math.isnan(row["rho_over_noise"]):
@@ -104,8 +107,8 @@ def n_sweep_claim(rows: pd.DataFrame, thresholds: ClaimThresholds) -> str:
         return f"n sweep: only n = {_layers(rows['n'])} is available, so growth with n cannot be measured."
     low, previous, high = rows.iloc[0], rows.iloc[-2], rows.iloc[-1]
     noise_low, noise_high = low["noise_rho"] * low["d"], high["noise_rho"] * high["d"]
-    numbers = (f"n sweep: mean rank {', '.join(f'{_g(r)} at n = {int(n)}' for n, r in zip(rows['n'], rows['rank_mean']))} "
-               f"(pure noise: {_g(noise_low)} at n = {int(low['n'])}, {_g(noise_high)} at n = {int(high['n'])})")
+    numbers = (f"n sweep: mean rank {', '.join(f'{_number(r)} at n = {int(n)}' for n, r in zip(rows['n'], rows['rank_mean']))} "
+               f"(pure noise: {_number(noise_low)} at n = {int(low['n'])}, {_number(noise_high)} at n = {int(high['n'])})")
     step = growth_per_doubling(previous["rank_mean"], high["rank_mean"], int(previous["n"]), int(high["n"]))
     if math.isnan(step):
         return f"{numbers}: the rank is 0 at both ends of the last step (a zero matrix), so the sweep is not evidence."
@@ -125,14 +128,15 @@ def n_sweep_claim(rows: pd.DataFrame, thresholds: ClaimThresholds) -> str:
     growth = high["rank_mean"] / low["rank_mean"] - 1.0 if low["rank_mean"] > 0 else math.inf
     share = growth / noise_growth
     if share >= thresholds.n_limited_fraction:
-        return f"{verdict}; over the sweep it grows at {_g(share)} of noise's rate, so it is n-limited."
-    return f"{verdict}; over the sweep it grows at {_g(share)} of noise's rate (n-limited from {_g(thresholds.n_limited_fraction)})."
+        return f"{verdict}; over the sweep it grows at {_number(share)} of noise's rate, so it is n-limited."
+    return f"{verdict}; over the sweep it grows at {_number(share)} of noise's rate (n-limited from {_number(thresholds.n_limited_fraction)})."
 
 
 def eps_claim(rows: pd.DataFrame) -> str:
     """How the headline quantity moves over the eps sweep."""
     rows = rows.sort_values("eps")
-    parts = ", ".join(f"{_g(r['rank_mean'])} (rho/noise {_g(r['rho_over_noise'])}) at eps = {_g(r['eps'])}" for _, r in rows.iterrows())
+    parts = ", ".join(f"{_number(r['rank_mean'])} (rho/noise {_number(r['rho_over_noise'])}) at eps = {_number(r['eps'])}"
+                      for _, r in rows.iterrows())
     return f"eps sweep: mean rank {parts}."
 
 
@@ -146,12 +150,12 @@ def resampling_claim(rows: pd.DataFrame, thresholds: ClaimThresholds) -> str:
     numbers = (f"subsampling {int(first['n_subsample'])} of {int(first['n'])} prompts without replacement "
                f"({int(first['sub_draws'])} draws). The raw {level} range of the subset ranks sits at the rank of "
                f"{int(first['n_subsample'])} prompts (mean subset rank minus full rank "
-               f"{_g(float((rows['sub_rank_mean'] - rows['rank_full']).mean()))}) and is narrower than fresh samples of "
+               f"{_number(float((rows['sub_rank_mean'] - rows['rank_full']).mean()))}) and is narrower than fresh samples of "
                f"{int(first['n'])} vary, so the {level} interval for the rank of a repeat study with {int(first['n'])} "
                f"fresh prompts is centred on the full-sample rank with the delete-d jackknife spread x sqrt(2) "
                f"(docs/METHODS.md §7); widest at layer {int(widest['layer'])}: rank {int(widest['rank_full'])}, raw "
-               f"[{_g(widest['raw_low'])}, {_g(widest['raw_high'])}], corrected [{int(widest['pred_low'])}, "
-               f"{int(widest['pred_high'])}]. The corrected interval is at most {_g(thresholds.rank_spread_fraction)} x "
+               f"[{_number(widest['raw_low'])}, {_number(widest['raw_high'])}], corrected [{int(widest['pred_low'])}, "
+               f"{int(widest['pred_high'])}]. The corrected interval is at most {_number(thresholds.rank_spread_fraction)} x "
                f"the full-sample rank wide at {int(stable.sum())} of {len(rows)} layers")
     if bool(stable.all()):
         return f"{numbers}: the rank is stable under resampling."
@@ -165,12 +169,12 @@ def directions_claim(gaps: pd.DataFrame, halves: pd.DataFrame, thresholds: Claim
         top = gaps[gaps["index"] == 1]
         identifiable = gaps.groupby("layer")["identifiable"].sum()
         parts.append(f"u_1 is identifiable (gap to s_2 above its resampling spread) at {int(top['identifiable'].sum())} of "
-                     f"{len(top)} layers; on average {_g(float(identifiable.mean()))} of the top "
+                     f"{len(top)} layers; on average {_number(float(identifiable.mean()))} of the top "
                      f"{int(gaps.groupby('layer').size().max())} directions per layer are")
     for k, group in halves.groupby("k"):
         reproducible = group["largest_angle_mean_deg"] <= thresholds.split_half_angle_deg
-        parts.append(f"split-half top-{int(k)} subspaces: mean largest principal angle {_g(float(group['largest_angle_mean_deg'].mean()))} "
-                     f"degrees, reproducible (<= {_g(thresholds.split_half_angle_deg)} degrees) at {int(reproducible.sum())} "
+        parts.append(f"split-half top-{int(k)} subspaces: mean largest principal angle {_number(float(group['largest_angle_mean_deg'].mean()))} "
+                     f"degrees, reproducible (<= {_number(thresholds.split_half_angle_deg)} degrees) at {int(reproducible.sum())} "
                      f"of {len(group)} layers")
     return "; ".join(parts) + "." if parts else "directions: no gap or split-half records."
 
@@ -187,11 +191,11 @@ def lrh_claim(rows: pd.DataFrame, concept: str, thresholds: ClaimThresholds) -> 
     matched = rows["rank_concept_matched"].mean() / safety_matched if safety_matched > 0 else math.nan
     factor = thresholds.lrh_specific_ratio
     low, high = thresholds.paper_lrh_ratio
-    numbers = (f"LRH baseline ({concept}, {len(rows)} model x format cells): concept rho {_g(rho_concept)} vs safety rho "
-               f"{_g(rho_safety)}; the LRH concept rho is {_g(ratio)} times the safety rho (range {_g(rows['ratio'].min())}-"
-               f"{_g(rows['ratio'].max())}), {_g(matched)} times at matched n = {int(rows['n_matched'].min())}")
-    reading = (f" Threshold: much larger or much smaller beyond a factor {_g(factor)} either way at matched n; the paper "
-               f"reads concept rho {_g(low)}-{_g(high)}x the safety rho as not safety-specific.")
+    numbers = (f"LRH baseline ({concept}, {len(rows)} model x format cells): concept rho {_number(rho_concept)} vs safety rho "
+               f"{_number(rho_safety)}; the LRH concept rho is {_number(ratio)} times the safety rho (range {_number(rows['ratio'].min())}-"
+               f"{_number(rows['ratio'].max())}), {_number(matched)} times at matched n = {int(rows['n_matched'].min())}")
+    reading = (f" Threshold: much larger or much smaller beyond a factor {_number(factor)} either way at matched n; the paper "
+               f"reads concept rho {_number(low)}-{_number(high)}x the safety rho as not safety-specific.")
     if math.isnan(matched):
         verdict = "the safety rank is 0, so the ratio is undefined and not evidence either way."
     elif matched > factor:
@@ -201,7 +205,7 @@ def lrh_claim(rows: pd.DataFrame, concept: str, thresholds: ClaimThresholds) -> 
         verdict = ("concept rho is much smaller than safety rho, so at matched n the safety shift is distinctly "
                    "higher-rank than generic concept contrasts.")
     else:
-        verdict = f"concept rho is comparable to safety rho (within a factor {_g(factor)}), so low rank is not safety-specific."
+        verdict = f"concept rho is comparable to safety rho (within a factor {_number(factor)}), so low rank is not safety-specific."
     return f"{numbers}: {verdict}{reading}"
 
 
@@ -220,27 +224,27 @@ def _certificate(count: int, trivial: int, layers: str, certified_rank: int, nam
 def kappa_claim(row: Mapping[str, Any]) -> str:
     """One kappa-per-reference row: what the Mirsky route and kappa > 2 certify, and why the tail route cannot close."""
     layers = int(row["layers"])
-    numbers = (f"reference {row['reference']} over {layers} counted layers: kappa median {_g(row['kappa_median'])}, max "
-               f"{_g(row['kappa_max'])}; eps r >= 1/4 at {int(row['layers_eps_r_ge_quarter'])} layer(s), where the "
+    numbers = (f"reference {row['reference']} over {layers} counted layers: kappa median {_number(row['kappa_median'])}, max "
+               f"{_number(row['kappa_max'])}; eps r >= 1/4 at {int(row['layers_eps_r_ge_quarter'])} layer(s), where the "
                "Lemma kappa <= 2/(eps r) <= 8 rules the Mirsky route out before looking at data")
     if int(row["layers_s_zero"]):
         numbers += f"; S = 0 (kappa undefined) at {int(row['layers_s_zero'])} layer(s)"
     mirsky = _certificate(int(row["count_kappa_gt_8"]), int(row["count_kappa_gt_8_trivial"]), str(row["layers_kappa_gt_8"]),
-                          int(row["certified_rank_max"]), f"the Mirsky route (kappa > {_g(KAPPA_THRESHOLD)})")
+                          int(row["certified_rank_max"]), f"the Mirsky route (kappa > {_number(KAPPA_THRESHOLD)})")
     weak = _certificate(int(row["count_kappa_gt_2"]), int(row["count_kappa_gt_2_trivial"]), str(row["layers_kappa_gt_2"]),
                         int(row["certified_rank_max"]), "kappa > 2")
     bound = "held" if bool(row["bound_holds_all"]) else "FAILED"
     budget, uniform = float(row["residual_budget_relative_max"]), float(row["uniform_residual_relative"])
     if budget < uniform:
-        tail = (f"that budget is always below sqrt(2 eps) = {_g(uniform)} (beta < sqrt(eps) because eps' > 0, and gamma "
+        tail = (f"that budget is always below sqrt(2 eps) = {_number(uniform)} (beta < sqrt(eps) because eps' > 0, and gamma "
                 "<= 2), the residual that eps-approximating both shifts may leave, so, like the Mirsky route, it cannot "
                 "close the uniform lower bound; it certifies only that smaller residuals keep rank_eps'(S - E) >= r")
     else:
-        tail = (f"its largest budget reaches sqrt(2 eps) = {_g(uniform)}, which needs eps' = 0 and M_u = -M_h exactly; "
+        tail = (f"its largest budget reaches sqrt(2 eps) = {_number(uniform)}, which needs eps' = 0 and M_u = -M_h exactly; "
                 "only there could it close the uniform lower bound")
     return (f"{numbers}: {mirsky}; {weak}. The structural bound {bound} on all {layers} pairs. Tail-energy route (no "
-            f"gap needed): median gamma {_g(row['gamma_median'])}; residuals up to beta sqrt(gamma) = "
-            f"{_g(row['residual_budget_relative_median'])} (median; max {_g(budget)}) of the pair scale "
+            f"gap needed): median gamma {_number(row['gamma_median'])}; residuals up to beta sqrt(gamma) = "
+            f"{_number(row['residual_budget_relative_median'])} (median; max {_number(budget)}) of the pair scale "
             f"sqrt(||M_h||^2 + ||M_u||^2) keep rank_eps'(S - E) >= r, but {tail}.")
 
 
@@ -248,7 +252,7 @@ def precision_claim(floor: pd.DataFrame, counted_layers: Sequence[int], headline
     """What the bfloat16/float16 precision floor says about M_template's ranks at the counted layers (None when the
     family was captured in float32 and so has no floor rows).
 
-    `floor`: the family's rows of the precision-floor table (rankaudit.stages.precision_floor) for M_template on D_s,
+    `floor`: the family's rows of the precision-floor table (rankaudit.stages.precision) for M_template on D_s,
     uncentered. A rank within the floor is one that round-off alone could change: it is not evidence of the shift's
     dimension.
     """
@@ -262,11 +266,11 @@ def precision_claim(floor: pd.DataFrame, counted_layers: Sequence[int], headline
             f"energy of M_template is {_percent(float(rows['floor_fraction'].min()))}-"
             f"{_percent(float(rows['floor_fraction'].max()))} of its shift energy over {len(set(rows['layer']))} counted layers")
     by_eps = rows[rows["within_precision_floor"].astype(bool)].groupby("eps")["layer"].nunique()
-    elsewhere = "; ".join(f"eps = {_g(eps)}: {count} layer(s)" for eps, count in by_eps.items() if eps != headline_eps)
+    elsewhere = "; ".join(f"eps = {_number(eps)}: {count} layer(s)" for eps, count in by_eps.items() if eps != headline_eps)
     also = f" (within the floor at other eps: {elsewhere})" if elsewhere else ""
     if flagged.empty:
-        return text + f"; at eps = {_g(headline_eps)} no counted layer's rank is within it{also}."
-    return (text + f"; at eps = {_g(headline_eps)} the rank is within the floor at {len(flagged)} of {len(at_eps)} counted "
+        return text + f"; at eps = {_number(headline_eps)} no counted layer's rank is within it{also}."
+    return (text + f"; at eps = {_number(headline_eps)} the rank is within the floor at {len(flagged)} of {len(at_eps)} counted "
             f"layer(s) ({_layers(sorted(flagged['layer']))}): round-off alone could change it, so it is not evidence of "
             f"the shift's dimension there{also}.")
 
@@ -274,19 +278,19 @@ def precision_claim(floor: pd.DataFrame, counted_layers: Sequence[int], headline
 def _threshold_text(thresholds: ClaimThresholds, headline_eps: float, level: str) -> str:
     low, high = thresholds.paper_lrh_ratio
     return (
-        f"Headline eps = {_g(headline_eps)}; unless stated, the matrix is M_template = A(chat) - B(chat) on D_s, uncentered, "
+        f"Headline eps = {_number(headline_eps)}; unless stated, the matrix is M_template = A(chat) - B(chat) on D_s, uncentered, "
         "and every mean, median and count is over counted layers only (layer 0, the embedding output, and layers "
         "where M_template, uncentered or centered, is zero or of rank <= 1 are left out; the per-layer tables keep them with "
         "their `layer_status`). "
-        f"Thresholds (config `limits.claims`): noise ceiling at rho >= {_g(thresholds.noise_ceiling_fraction)} x pure-noise "
+        f"Thresholds (config `limits.claims`): noise ceiling at rho >= {_number(thresholds.noise_ceiling_fraction)} x pure-noise "
         f"rho of the same (n, d, eps); still growing when the mean rank grows by >= {_percent(thresholds.n_growth_material)} "
         f"per doubling of n over the last step of the n sweep, n-limited when it also grows at >= "
-        f"{_g(thresholds.n_limited_fraction)} of noise's rate over the sweep; stable when the corrected {level} interval "
-        f"for a repeat study's rank is at most {_g(thresholds.rank_spread_fraction)} x the rank wide; reproducible when "
-        f"the mean largest split-half angle is <= {_g(thresholds.split_half_angle_deg)} degrees; concept rho is much "
-        f"larger or much smaller than safety rho beyond a factor {_g(thresholds.lrh_specific_ratio)} either way at "
-        f"matched n, comparable otherwise (the paper reads {_g(low)}-{_g(high)}x as not safety-specific); the Mirsky "
-        f"route needs kappa > {_g(KAPPA_THRESHOLD)}."
+        f"{_number(thresholds.n_limited_fraction)} of noise's rate over the sweep; stable when the corrected {level} interval "
+        f"for a repeat study's rank is at most {_number(thresholds.rank_spread_fraction)} x the rank wide; reproducible when "
+        f"the mean largest split-half angle is <= {_number(thresholds.split_half_angle_deg)} degrees; concept rho is much "
+        f"larger or much smaller than safety rho beyond a factor {_number(thresholds.lrh_specific_ratio)} either way at "
+        f"matched n, comparable otherwise (the paper reads {_number(low)}-{_number(high)}x as not safety-specific); the Mirsky "
+        f"route needs kappa > {_number(KAPPA_THRESHOLD)}."
     )
 
 

@@ -24,7 +24,7 @@ from rankaudit.calibration.network import CalibrationMLP, model_from_arrays, sta
 from rankaudit.calibration.training import finetune, train_base
 from rankaudit.io import read_tensors, write_json, write_tensors
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 PathLike = str | os.PathLike[str]
 
 # Independent random streams of one seed: the steering directions and the random ablation subspaces.
@@ -88,7 +88,7 @@ def run_finetune_job(cell: Mapping[str, Any], seed: int, setting_name: str, base
     started = time.perf_counter()
     model, record = finetune(start, base, train.x, labels, train.safety, setting, config.training)
     seconds = time.perf_counter() - started
-    log.info("%s seed %d: trained %d epochs in %.1f s", setting_name, seed, record.epochs, seconds)
+    logger.info("%s seed %d: trained %d epochs in %.1f s", setting_name, seed, record.epochs, seconds)
     _save_model(model_path, model, setting_name, seed, {"epochs": record.epochs, "lambda": setting.lam})
     base_train, base_probe = hidden_activations(base, train.x), hidden_activations(base, probe.x)
     hiddens = hidden_activations(model, probe.x)

@@ -11,38 +11,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rankaudit.io import atomic_directory, sha256_file, write_json
+import pandas as pd
+
+from rankaudit.io import atomic_directory, sha256_file, write_json, write_table
 from rankaudit.organisms import corpus
+from rankaudit.organisms.corpus import PromptTables
+from rankaudit.organisms.refusal_check import refusal_table
 from rankaudit.organisms.settings import require
 from rankaudit.organisms.training import TrainSettings, derived_seed, deterministic_torch, encode, train_causal_lm
+from rankaudit.padding import pad_token_id
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 PROVENANCE_FILE = "organism.json"
-
-
-@dataclass(frozen=True)
-class PromptTables:
-    """Paths of the project-written prompt tables the organisms are trained on."""
-
-    harmful: Path
-    benign: Path
-    concepts: tuple[Path, ...]
-
-    def train_texts(self) -> tuple[list[str], list[str], list[str]]:
-        """Train-split harmful and benign requests, and every concept-pair sentence."""
-        harmful = corpus.read_prompt_table(self.harmful, "train")["instruction"].tolist()
-        benign = corpus.read_prompt_table(self.benign, "train")["instruction"].tolist()
-        concepts = [text for path in self.concepts for text in corpus.read_prompt_table(path, None, paired=True)["instruction"]]
-        return harmful, benign, concepts
-
-    def fingerprints(self) -> dict[str, str]:
-        """sha256 per table file name (names, not paths, so that equal builds anywhere record equal provenance)."""
-        return {Path(path).name: sha256_file(path) for path in (self.harmful, self.benign, *self.concepts)}
 
 
 def build_base(family: str, tables: PromptTables, settings: Mapping[str, Any], out_dir: str | Path) -> dict[str, Any]:
@@ -101,7 +85,7 @@ def build_planted(family: str, base_dir: str | Path, settings: Mapping[str, Any]
         provenance = _provenance(family, "planted", settings, None, [], parent=base_dir, n_examples=0)
         provenance.update({"planted_block": planted["block"], "planted_layer": planted["layer"], "planted_rank": planted["rank"]})
         write_json(Path(tmp) / PROVENANCE_FILE, provenance)
-    log.info("%s/planted: rank-%d edit on block %d written to %s", family, planted["rank"], planted["block"], out_dir)
+    logger.info("%s/planted: rank-%d edit on block %d written to %s", family, planted["rank"], planted["block"], out_dir)
     return provenance
 
 
@@ -117,8 +101,8 @@ def _load(directory: str | Path) -> tuple[Any, Any]:
 def _train(model: Any, tokenizer: Any, examples: list, settings: Mapping[str, Any], phase: str, seed: int, label: str) -> list[float]:
     train_settings = TrainSettings.from_config(require(settings, phase, "organisms"))
     data = encode(tokenizer, examples, train_settings.max_length)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    log.info("%s: %s on %d examples, %d steps", label, phase, len(data), train_settings.steps)
+    pad_id = pad_token_id(tokenizer)
+    logger.info("%s: %s on %d examples, %d steps", label, phase, len(data), train_settings.steps)
     return train_causal_lm(model, data, train_settings, seed, pad_id, label)
 
 
@@ -156,6 +140,19 @@ def _save(model: Any, tokenizer: Any, out_dir: str | Path, family: str, role: st
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_json(Path(tmp) / PROVENANCE_FILE, provenance)
-    log.info("%s/%s: written to %s in %.1f s (loss %.4f -> %.4f)", family, role, out_dir,
+    logger.info("%s/%s: written to %s in %.1f s (loss %.4f -> %.4f)", family, role, out_dir,
              time.perf_counter() - started, provenance["first_loss"], provenance["final_loss"])
     return provenance
+
+
+def write_refusal_table(
+    organisms: Mapping[tuple[str, str], str | Path], harmful_path: str | Path, benign_path: str | Path,
+    settings: Mapping[str, Any], stem: str | Path, threads: int = 1,
+) -> pd.DataFrame:
+    """Compute the refusal table and write it as parquet + CSV + markdown next to `stem`."""
+    import torch
+
+    torch.set_num_threads(threads)
+    frame = refusal_table(organisms, harmful_path, benign_path, settings)
+    write_table(frame, stem, title="Refusal rates of the model organisms on held-out prompts (keyword judge, Wilson 95%)")
+    return frame
