@@ -74,11 +74,3 @@ def test_rules_build_sets_refuse_a_lost_download_then_have_nothing_to_do(tmp_pat
     assert (directory / "logs" / "prompts" / "generated" / "demo_harmful.log").exists()
     again = snakemake(directory, *built, "--dry-run")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
-
-
-def test_public_name_clashing_with_a_generated_set_is_refused(tmp_path):
-    public = {"demo_harmful": {"url": "file:///x.json", "sha256": "0" * 64, "format": "json"}}
-    directory = workdir(tmp_path, public)
-    run = snakemake(directory, "--dry-run")
-    assert run.returncode != 0
-    assert "['demo_harmful'] reuse the name of a project-written prompt set" in run.stderr + run.stdout

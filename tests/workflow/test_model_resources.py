@@ -53,8 +53,9 @@ def test_download_models_plans_each_hub_model_and_the_demo_never_downloads(tmp_p
 def test_offline_download_of_a_local_directory_is_skipped_and_recorded(tmp_path):
     config = _paper()
     (tmp_path / "models" / "tiny").mkdir(parents=True)  # looks like a Hub id, but is a directory here
-    config["models"] = {"llama_base": {"source": "models/tiny", "n_layers": 32}}
-    config["families"] = {"llama": {"base": "llama_base", "aligned": "llama_base"}}
+    config["models"] = {"llama_base": {"source": "models/tiny", "n_layers": 32},
+                        "llama_aligned": {"source": "models/tiny", "n_layers": 32, "dtype": "float32"}}
+    config["families"] = {"llama": {"base": "llama_base", "aligned": "llama_aligned"}}
     config.pop("causal")
     config["stages"] = ["audit"]
     write_config(tmp_path, config)
