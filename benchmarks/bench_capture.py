@@ -27,6 +27,7 @@ import torch
 from benchcommon import Ratio, benchmark_arguments, interleaved, markdown_table, ratio_rows, report, single_thread, wait_for_idle
 
 from rankaudit.capture import capture_residual_stream
+from rankaudit.padding import padded_batch, positions_from_mask
 
 MEAN_LAST_K = 4
 POST_INSTRUCTION_LEN = 5
@@ -57,13 +58,8 @@ def padded_batches(prompts: list[list[int]], batch_size: int) -> list[tuple[torc
     batches = []
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
-        width = len(prompts[rows[0]])
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for row, index in enumerate(rows):
-            ids[row, width - len(prompts[index]):] = torch.tensor(prompts[index])
-            mask[row, width - len(prompts[index]):] = 1
-        batches.append((ids, mask, (mask.cumsum(1) - 1).clamp(min=0), torch.tensor(rows)))
+        ids, mask = padded_batch([prompts[index] for index in rows], 0)
+        batches.append((ids, mask, positions_from_mask(mask), torch.tensor(rows)))
     return batches
 
 
@@ -72,13 +68,8 @@ def input_order_batches(prompts: list[list[int]], batch_size: int) -> list[tuple
     batches = []
     for start in range(0, len(prompts), batch_size):
         rows = prompts[start:start + batch_size]
-        width = max(len(row) for row in rows)
-        ids = torch.zeros((len(rows), width), dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for slot, row in enumerate(rows):
-            ids[slot, :len(row)] = torch.tensor(row)
-            mask[slot, :len(row)] = 1
-        batches.append((ids, mask, (mask.cumsum(1) - 1).clamp(min=0), torch.arange(start, start + len(rows))))
+        ids, mask = padded_batch(rows, 0, side="right")
+        batches.append((ids, mask, positions_from_mask(mask), torch.arange(start, start + len(rows))))
     return batches
 
 

@@ -54,7 +54,8 @@ from rankaudit.organisms.architectures import new_model
 from rankaudit.organisms.corpus import tokenizer_corpus
 from rankaudit.organisms.generation import generate_greedy
 from rankaudit.organisms.tokenizer import train_tokenizer
-from rankaudit.refusal import kl_rows, last_position_log_probs, pad_id_of, refusal_log_odds, refusal_tokens
+from rankaudit.padding import pad_token_id
+from rankaudit.refusal import kl_rows, last_position_log_probs, refusal_log_odds, refusal_tokens
 from rankaudit.sweeps import band_layers, random_basis
 
 FAMILY = "llama"
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = organism(every_prompt, args.seed)
     harmful = encode_prompts(tokenizer, safety, "chat", mean_last_k=4)
     benign = encode_prompts(tokenizer, control, "chat", mean_last_k=4)
-    pad, tokens = pad_id_of(tokenizer), refusal_tokens(tokenizer)
+    pad, tokens = pad_token_id(tokenizer), refusal_tokens(tokenizer)
     bases = condition_bases(model, args.k, args.seed)
     rendered = [record.rendered for record in harmful.records]
     all_ids = [*harmful.token_ids, *benign.token_ids]
@@ -173,7 +174,7 @@ def check_same_states(model: Any, tokenizer: Any, rendered: list[str], paper: di
     the template already has one (one token longer than `encode_prompts`' ids); that is kept as the paper ran it.
     """
     ids = [tokenizer(text)["input_ids"] for text in rendered]
-    captured = capture_residual_stream(model, ids, "all", batch_size=batch_size, pad_token_id=pad_id_of(tokenizer))
+    captured = capture_residual_stream(model, ids, "all", batch_size=batch_size, pad_token_id=pad_token_id(tokenizer))
     inner = sorted(paper)[:-1]  # HF's last hidden state is taken after the final norm, not a block output
     worst = max(float(np.max(np.abs(captured[layer + 1]["last"] - paper[layer]))) for layer in inner)
     print(f"check: project capture of the paper's token ids vs the paper's collect_acts, last token, block outputs "

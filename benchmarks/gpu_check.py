@@ -13,7 +13,7 @@ Qwen-2.5-7B built from their published configs with random weights, directly on 
   new tokens (EOS off), at `causal.batch_size` and at `--wide-batch` rows: generated tokens/s;
 - peak GPU memory over capture, scoring and generation (peak RSS of the process with --tiny);
 - abliteration: every layer's residual stream under `interventions.direction_ablation` against the model edited by
-  `interventions.orthogonalize_weights`, in bf16: max relative difference (what `causal.abliteration_tolerance` bounds).
+  `abliteration.orthogonalize_weights`, in bf16: max relative difference (what `causal.abliteration_tolerance` bounds).
 Then the study: captures of every model x cell x prompt (`plan.captured_models`, `plan.model_cells`), Arditi
 selection, all-layer ablation and sweeps (`sweeps.plan_conditions`) with their prompt and token counts, priced at
 the measured rates, as configured and with conditions batched. Prompt lengths are assumed (--prompt-tokens).
@@ -173,8 +173,9 @@ def peak_tflops(device: str, override: float | None) -> tuple[float, str]:
 def measure(family: str, args: argparse.Namespace, config: dict, device: str, peak: float) -> Figures:
     import torch
 
+    from rankaudit.abliteration import orthogonalize_weights
     from rankaudit.capture import capture_residual_stream
-    from rankaudit.interventions import direction_ablation, orthogonalize_weights, projection_ablation
+    from rankaudit.interventions import direction_ablation, projection_ablation
     from rankaudit.organisms.generation import generate_greedy
     from rankaudit.refusal import last_position_log_probs
     from rankaudit.sweeps import band_layers, random_basis

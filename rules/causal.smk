@@ -38,9 +38,9 @@ rule causal_select:
     """Arditi's direction: filter prompts by refusal score (train rows and validation prompts), score every
     (post-instruction position, layer) candidate on validation prompts, filter candidates, pick."""
     input:
-        model=lambda w: model_files(causal_aligned(w.family)),
-        prompts_checked=causal_prompt_check("{family}"),
-        activations=lambda w: [path for by_kind in causal_selection_activations(w.family).values() for path in by_kind.values()],
+        **causal_model_inputs(),
+        harmful_activations=lambda w: causal_selection_activation_files(w.family, "harmful"),
+        harmless_activations=lambda w: causal_selection_activation_files(w.family, "harmless"),
         harmful=causal_prompt_file("selection", "safety"),
         harmless=causal_prompt_file("selection", "control"),
         harmful_train=selected_prompts("safety"),
@@ -50,22 +50,18 @@ rule causal_select:
         direction=causal_stem("{family}", "direction", ".safetensors"),
         candidates=causal_files("{family}", "candidates"),
     log:
-        "logs/causal/{family}/select.log",
+        causal_log("select"),
     benchmark:
-        "benchmarks/causal/{family}/select.tsv"
+        causal_benchmark("select")
     priority: MODEL_JOB_PRIORITY
     conda:
         "../envs/model.yaml"
     threads: config["runtime"]["threads"]
     resources:
-        **model_resources(lambda w: causal_aligned(w.family), mem_mb=16000, minutes=60),
+        **causal_model_resources(mem_mb=16000, minutes=60),
     params:
-        model=lambda w: causal_model(w.family),
-        activations=lambda w: causal_selection_activations(w.family),
-        causal=causal_job_settings("select"),
-        system_prompt=config["capture"]["system_prompt"],
-        special_token_text=config["capture"]["special_token_text"],
-        version=STAGE_VERSION["causal"],
+        **causal_job_params("select"),
+        layers=lambda w: causal_selection_layers(w.family),
     script:
         "../workflow_scripts/causal_select.py"
 
@@ -73,8 +69,7 @@ rule causal_select:
 rule causal_arditi:
     """The selected direction ablated at all layers vs random directions, and added at its layer, on held-out prompts."""
     input:
-        model=lambda w: model_files(causal_aligned(w.family)),
-        prompts_checked=causal_prompt_check("{family}"),
+        **causal_model_inputs(),
         record=causal_stem("{family}", "selection", ".json"),
         direction=causal_stem("{family}", "direction", ".safetensors"),
         harmful=causal_prompt_file("evaluation", "safety"),
@@ -83,21 +78,17 @@ rule causal_arditi:
         table=causal_files("{family}", "arditi"),
         prompts=causal_stem("{family}", "arditi_prompts", ".parquet"),
     log:
-        "logs/causal/{family}/arditi.log",
+        causal_log("arditi"),
     benchmark:
-        "benchmarks/causal/{family}/arditi.tsv"
+        causal_benchmark("arditi")
     priority: MODEL_JOB_PRIORITY
     conda:
         "../envs/model.yaml"
     threads: config["runtime"]["threads"]
     resources:
-        **model_resources(lambda w: causal_aligned(w.family), mem_mb=16000, minutes=60),
+        **causal_model_resources(mem_mb=16000, minutes=60),
     params:
-        model=lambda w: causal_model(w.family),
-        causal=causal_job_settings("arditi"),
-        system_prompt=config["capture"]["system_prompt"],
-        special_token_text=config["capture"]["special_token_text"],
-        version=STAGE_VERSION["causal"],
+        **causal_job_params("arditi"),
     script:
         "../workflow_scripts/causal_arditi.py"
 
@@ -107,30 +98,25 @@ rule causal_abliterate:
     checked against the hook ablation on harmful selection (validation) prompts in float32. With no refusal to
     ablate the directory holds only a record that no model was made."""
     input:
-        model=lambda w: model_files(causal_aligned(w.family)),
-        prompts_checked=causal_prompt_check("{family}"),
+        **causal_model_inputs(),
         record=causal_stem("{family}", "selection", ".json"),
         direction=causal_stem("{family}", "direction", ".safetensors"),
         prompts=causal_prompt_file("selection", "safety"),
     output:
         directory("resources/abliterated/{family}"),
     log:
-        "logs/causal/{family}/abliterate.log",
+        causal_log("abliterate"),
     benchmark:
-        "benchmarks/causal/{family}/abliterate.tsv"
+        causal_benchmark("abliterate")
     priority: MODEL_JOB_PRIORITY
     conda:
         "../envs/model.yaml"
     threads: config["runtime"]["threads"]
     resources:
-        **model_resources(lambda w: causal_aligned(w.family), mem_mb=40000, minutes=30, weight_copies=2),
+        **causal_model_resources(mem_mb=40000, minutes=30, weight_copies=2),
     params:
         # loaded, edited and checked in float32 whatever the run's dtype (rankaudit.stages.causal.write_abliterated)
-        model=lambda w: causal_model(w.family, with_dtype=False),
-        causal=causal_job_settings("abliterate"),
-        system_prompt=config["capture"]["system_prompt"],
-        special_token_text=config["capture"]["special_token_text"],
-        version=STAGE_VERSION["causal"],
+        **causal_job_params("abliterate", with_dtype=False),
     script:
         "../workflow_scripts/causal_abliterate.py"
 
@@ -138,11 +124,8 @@ rule causal_abliterate:
 rule causal_sweep:
     """One family x basis: baseline, cumulative top-k, single u_j and random k-subspace ablations in both bands."""
     input:
-        model=lambda w: model_files(causal_aligned(w.family)),
-        prompts_checked=causal_prompt_check("{family}"),
-        cells=lambda w: sorted(
-            {p for by_dataset in causal_sweep_cells(w.family, w.basis).values() for by_key in by_dataset.values() for p in by_key.values()}
-        ),
+        **causal_model_inputs(),
+        cells=lambda w: causal_sweep_cell_files(w.family, w.basis),
         record=causal_stem("{family}", "selection", ".json"),
         direction=causal_stem("{family}", "direction", ".safetensors"),
         harmful=causal_prompt_file("evaluation", "safety"),
@@ -152,22 +135,19 @@ rule causal_sweep:
         prompts=causal_stem("{family}", "sweep_{basis}_prompts", ".parquet"),
         record=causal_stem("{family}", "sweep_{basis}", ".json"),
     log:
-        "logs/causal/{family}/sweep_{basis}.log",
+        causal_log("sweep_{basis}"),
     benchmark:
-        "benchmarks/causal/{family}/sweep_{basis}.tsv"
+        causal_benchmark("sweep_{basis}")
     priority: MODEL_JOB_PRIORITY
     conda:
         "../envs/model.yaml"
     threads: config["runtime"]["threads"]
     resources:
-        **model_resources(lambda w: causal_aligned(w.family), mem_mb=16000, minutes=120),
+        **causal_model_resources(mem_mb=16000, minutes=120),
     params:
-        model=lambda w: causal_model(w.family),
+        **causal_job_params("sweep"),
+        # {layer: {dataset: {cell key: file}}}: the structure of the `cells` input, which a flat list cannot carry
         cells=lambda w: causal_sweep_cells(w.family, w.basis),
-        causal=causal_job_settings("sweep"),
-        system_prompt=config["capture"]["system_prompt"],
-        special_token_text=config["capture"]["special_token_text"],
-        version=STAGE_VERSION["causal"],
     script:
         "../workflow_scripts/causal_sweep.py"
 
@@ -192,8 +172,8 @@ rule causal_tables:
         "../envs/model.yaml"
     params:
         ordering={**CAUSAL.get("ordering", {}), "seed": CAUSAL.get("seed", 0)},
-        selected_directions={f: causal_stem(f, "direction", ".safetensors") for f in CAUSAL_FAMILIES},
-        layer_directions={f: causal_layer_directions(f) for f in CAUSAL_FAMILIES},
+        # {family: [layer]}: the order of the `directions` (by family) and `layer_directions` (by family, layer) inputs
+        layers={f: list(causal_layer_directions(f)) for f in CAUSAL_FAMILIES},
         bands=CAUSAL.get("bands", {}),
         version=STAGE_VERSION["causal"],
     script:
@@ -215,7 +195,7 @@ rule causal_figures:
             for name in CAUSAL_FIGURES
         },
     log:
-        "logs/causal/{family}/figures.log",
+        causal_log("figures"),
     conda:
         "../envs/model.yaml"
     params:

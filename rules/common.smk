@@ -5,6 +5,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from rankaudit import config_checks, plan
+from rankaudit.config_schema import CONFIG_SECTIONS
 
 # Bump a stage's version when a change to its package code (src/rankaudit/...) changes what it computes. Snakemake
 # does not see package code; the version is a `params:` entry of the stage's rules, so with the `params` rerun
@@ -38,20 +39,6 @@ SECTIONS_WITH_DEFAULTS = ["limits", "calibration"]
 # precision floor, the diagnosis tables and figures and the headline table; the others add their rule file's
 # `<stage>_all` target. A stage's inputs from another stage are still built (limits needs the captures).
 STAGES_KNOWN = ("audit", "causal", "limits", "calibration")
-CONFIG_SECTIONS = [
-    "prompts",
-    "organisms",
-    "checkpoints",
-    "models",
-    "families",
-    "runtime",
-    "datasets",
-    "capture",
-    "audit",
-    "limits",
-    "causal",
-    "calibration",
-]
 
 
 def _config_files():

@@ -8,7 +8,9 @@ with log_to(snakemake.log[0]):
     run_selection(
         family=snakemake.wildcards.family,
         model=with_manifest(snakemake.params.model, snakemake.input.model),
-        activations={int(layer): paths for layer, paths in snakemake.params.activations.items()},
+        activations={layer: {"harmful": harmful, "harmless": harmless} for layer, harmful, harmless
+                     in zip(snakemake.params.layers, snakemake.input.harmful_activations,
+                            snakemake.input.harmless_activations, strict=True)},
         harmful_path=snakemake.input.harmful,
         harmless_path=snakemake.input.harmless,
         harmful_train_path=snakemake.input.harmful_train,

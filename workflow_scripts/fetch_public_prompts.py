@@ -1,6 +1,6 @@
 """Snakemake adapter for rule fetch_public_prompts: download, verify and parse one public prompt set."""
 
-from rankaudit.prompts import fetch_public_set
+from rankaudit.stages.prompts import fetch_public_set
 from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):

@@ -1,6 +1,6 @@
 """Snakemake adapter for rule generated_prompts: write one project-written prompt set."""
 
-from rankaudit.prompts import build_generated_set
+from rankaudit.stages.prompts import build_generated_set
 from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):

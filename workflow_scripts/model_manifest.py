@@ -1,6 +1,6 @@
 """Snakemake adapter: write one model's manifest (or its config + tokenizer manifest)."""
 
-from rankaudit.manifests import write_manifest
+from rankaudit.stages.manifests import write_manifest
 from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):

@@ -1,6 +1,6 @@
 """Snakemake adapter: draw one dataset key's prompts."""
 
-from rankaudit.stages.select import select_dataset_prompts
+from rankaudit.stages.prompts import select_dataset_prompts
 from rankaudit.workflow_logging import log_to
 
 with log_to(snakemake.log[0]):

@@ -24,6 +24,38 @@ def causal_model(family, with_dtype=True):
     return {key: value for key, value in spec.items() if key != "n_layers" and (with_dtype or key != "dtype")}
 
 
+def causal_model_inputs():
+    """The inputs every causal model job shares: the family's aligned model (manifest and files) and the prompt
+    check of the family's causal jobs. Use as `input: **causal_model_inputs(), ...`."""
+    return {"model": lambda w: model_files(causal_aligned(w.family)), "prompts_checked": causal_prompt_check("{family}")}
+
+
+def causal_model_resources(*, mem_mb, minutes, weight_copies=1):
+    """`resources:` of a causal model job, sized for the family's aligned model (model_resources)."""
+    return model_resources(lambda w: causal_aligned(w.family), mem_mb=mem_mb, minutes=minutes, weight_copies=weight_copies)
+
+
+def causal_job_params(job, with_dtype=True):
+    """The params every causal model job shares: loading settings, its slice of the causal section, the chat
+    rendering settings and the stage version. Use as `params: **causal_job_params(job), ...`."""
+    return {
+        "model": lambda w: causal_model(w.family, with_dtype=with_dtype),
+        "causal": causal_job_settings(job),
+        "system_prompt": config["capture"]["system_prompt"],
+        "special_token_text": config["capture"]["special_token_text"],
+        "version": STAGE_VERSION["causal"],
+    }
+
+
+def causal_log(job):
+    """The log of one causal job of the "{family}" wildcard (`job` may hold further wildcards)."""
+    return f"logs/causal/{{family}}/{job}.log"
+
+
+def causal_benchmark(job):
+    return f"benchmarks/causal/{{family}}/{job}.tsv"
+
+
 # What each causal job reads of the causal section (rankaudit.stages.causal), so a changed key re-runs only its
 # readers: the k grid and the bands re-run the sweeps, never the selection, all-layer test or abliteration. A
 # phase's `*_dataset` keys are left out, their tables being the jobs' inputs; the rest of `selection` only matters
@@ -84,6 +116,11 @@ def causal_selection_activations(family):
     }
 
 
+def causal_selection_activation_files(family, kind):
+    """The `kind` (harmful or harmless) activation file of each candidate layer, in causal_selection_layers order."""
+    return [by_kind[kind] for by_kind in causal_selection_activations(family).values()]
+
+
 def causal_layer_directions(family):
     """{layer: per-layer direction file of the spectra stage} (u_1 of each variant, difference in means)."""
     return {layer: f"results/{family}/directions/layer_{layer}.safetensors" for layer in plan.family_layers(config, family)}
@@ -103,6 +140,12 @@ def causal_sweep_cells(family, basis):
         layer: {dataset: {key: activation_file(*roles[key], dataset, layer) for key in keys} for dataset, keys in datasets.items()}
         for layer in causal_band_layers(family)
     }
+
+
+def causal_sweep_cell_files(family, basis):
+    """Every activation file of causal_sweep_cells, once each (the input of a sweep job)."""
+    cells = causal_sweep_cells(family, basis)
+    return sorted({path for by_dataset in cells.values() for by_key in by_dataset.values() for path in by_key.values()})
 
 
 def causal_outputs():

@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from rankaudit.capture import decoder_blocks
-from rankaudit.interventions import _input_hook, _output_hook, checked_basis, hidden_size, register_layer_hook, sublayer_writes, unit, write_direction
+from rankaudit.interventions import _input_hook, _output_hook, checked_basis, register_layer_hook, unit, write_direction
+from rankaudit.sublayers import hidden_size, sublayer_writes
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from rankaudit.batching import run_in_batches_halving_on_oom
+from rankaudit.padding import padded_batch, positions_from_mask
 from rankaudit.workflow_logging import Progress
 
 logger = logging.getLogger(__name__)
@@ -116,8 +117,14 @@ def resolve_layers(spec: str | Sequence[int], n_blocks: int) -> list[int]:
     return layers
 
 
+def hidden_states_of(output: Any) -> Any:
+    """The hidden states of a block or sublayer output: the first member of a tuple or list, else the tensor itself
+    (never `tensor[0]`, which would select batch row 0)."""
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
 def _hidden_from(output: Any, expected: tuple[int, int], where: str) -> Any:
-    hidden = output[0] if isinstance(output, (tuple, list)) else output
+    hidden = hidden_states_of(output)
     if getattr(hidden, "dim", lambda: 0)() != 3 or tuple(hidden.shape[:2]) != expected:
         shape = tuple(getattr(hidden, "shape", ()))
         raise RuntimeError(f"{where}: expected hidden states of shape (batch, seq, d) = {expected + ('d',)}, got {shape}")
@@ -235,16 +242,10 @@ def capture_residual_stream(
         progress = Progress(label, n, "prompts", logger=logger)
 
         def forward(rows: list[int]) -> dict[int, dict[str, Any]]:
-            width = len(prompts[rows[0]])
-            input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for row, index in enumerate(rows):
-                length = len(prompts[index])
-                input_ids[row, width - length:] = torch.tensor(prompts[index], dtype=torch.long)
-                attention_mask[row, width - length:] = 1
+            input_ids, attention_mask = padded_batch([prompts[index] for index in rows], pad_token_id)
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
-            position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-            reader.start(attention_mask.sum(dim=1), (len(rows), width))
+            position_ids = positions_from_mask(attention_mask)
+            reader.start(attention_mask.sum(dim=1), tuple(input_ids.shape))
             try:
                 base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
             except _StopForward:

@@ -16,6 +16,10 @@ from typing import Any
 import yaml
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "config" / "schema"
+# The sections with a schema of their own (config/schema/<section>.schema.yaml), in the order of config/README.md:
+# what rules/common.smk validates and rankaudit.configdoc documents.
+CONFIG_SECTIONS = ("prompts", "organisms", "checkpoints", "models", "families", "runtime", "datasets", "capture", "audit",
+                   "limits", "causal", "calibration")
 
 
 @cache

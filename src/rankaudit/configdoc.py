@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-SECTIONS = ("prompts", "organisms", "checkpoints", "models", "families", "runtime", "datasets", "capture", "audit",
-            "limits", "causal", "calibration")
+from rankaudit.config_schema import CONFIG_SECTIONS
+
 BEGIN = "<!-- BEGIN GENERATED KEY REFERENCE (python -m rankaudit.configdoc) -->"
 END = "<!-- END GENERATED KEY REFERENCE -->"
 
@@ -71,9 +71,9 @@ def _rows(schema: dict[str, Any], prefix: str, root: dict[str, Any]) -> Iterator
 
 
 def render(schema_dir: Path) -> str:
-    """The generated key reference for every section, in SECTIONS order."""
+    """The generated key reference for every section, in CONFIG_SECTIONS order."""
     lines = [BEGIN, ""]
-    for section in SECTIONS:
+    for section in CONFIG_SECTIONS:
         schema = yaml.safe_load((schema_dir / f"{section}.schema.yaml").read_text())
         lines += [f"### `{section}`", "", " ".join(str(schema.get("description", "")).split()), "",
                   "| key | type | default | meaning |", "|---|---|---|---|"]

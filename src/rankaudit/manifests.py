@@ -24,7 +24,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import logging
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -41,8 +40,6 @@ SINGLE_WEIGHTS = "model.safetensors"
 TEMPLATE_PATTERNS = [pattern for pattern in ALLOW_PATTERNS if not pattern.startswith("*.safetensors")]
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
-
-logger = logging.getLogger(__name__)
 
 
 class ManifestError(ValueError):
@@ -206,7 +203,7 @@ def build_manifest(model: str, spec: Mapping[str, Any], *, template: bool = Fals
     else:
         folder = Path(location).expanduser()
         if not template:
-            from rankaudit.stages.no_refusal import require_abliterated_model
+            from rankaudit.causal.no_refusal import require_abliterated_model
 
             require_abliterated_model(str(folder))
     files = tracked_files(folder, TEMPLATE_PATTERNS if template else ALLOW_PATTERNS)
@@ -239,24 +236,8 @@ def build_manifest(model: str, spec: Mapping[str, Any], *, template: bool = Fals
     return manifest
 
 
-def write_manifest(model: str, spec: Mapping[str, Any], output: str, *, template: bool = False) -> None:
-    """The manifest rule's job: describe one model and write its manifest atomically."""
-    manifest = build_manifest(model, spec, template=template)
-    io.write_json(output, manifest)
-    logger.info(
-        "%s: %s manifest of %s (%s, resolved revision %s, weights sha256 %s) written to %s",
-        model,
-        manifest["part"],
-        manifest["location"],
-        manifest["kind"],
-        manifest.get("resolved_revision"),
-        manifest.get("weights_sha256"),
-        output,
-    )
-
-
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """A manifest written by `write_manifest`, with the sha256 of its file (what a job record keeps)."""
+    """A manifest written by the manifest rules (rankaudit.stages.manifests), with the sha256 of its file (what a job record keeps)."""
     text = Path(path).read_text()
     return {**json.loads(text), "manifest_sha256": hashlib.sha256(text.encode()).hexdigest()}
 

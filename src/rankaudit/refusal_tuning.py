@@ -270,7 +270,7 @@ def prompt_set(path: str, split: str, n: int, seed: int, tokenizer: Any, system_
     """Chat-rendered prompts of one split of a prompt table (n drawn with `seed`), errors naming the config key."""
     from rankaudit.formats import encode_prompts
     from rankaudit.prompts.tables import PromptDataError, read_prompt_set, select_prompts
-    from rankaudit.refusal import PromptSet
+    from rankaudit.refusal_runs import PromptSet
 
     try:
         frame = select_prompts(read_prompt_set(path), split, n, seed)
@@ -285,7 +285,9 @@ def prompt_set(path: str, split: str, n: int, seed: int, tokenizer: Any, system_
 def held_out_refusal(model: Any, tokenizer: Any, prompt_sets: Mapping[str, Any], settings: TuningSettings) -> dict[str, Any]:
     """Keyword-judged refusal (Wilson 95%) of greedy continuations on each held-out prompt set (no completion is
     kept: those of a compliant model on harmful prompts are harmful text)."""
-    from rankaudit.refusal import GenerationSettings, KeywordJudge, rate_summary, refusal_tokens, run_prompts
+    from rankaudit.judges import KeywordJudge
+    from rankaudit.refusal import rate_summary, refusal_tokens
+    from rankaudit.refusal_runs import GenerationSettings, run_prompts
 
     generation = GenerationSettings(max_new_tokens=settings.eval_max_new_tokens, batch_size=settings.batch_size)
     rates = {}

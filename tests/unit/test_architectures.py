@@ -19,6 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from rankaudit import abliteration, sublayers  # noqa: E402
 from rankaudit import interventions as iv  # noqa: E402
 from rankaudit.capture import capture_residual_stream, decoder_blocks  # noqa: E402
 from rankaudit.models import load_model  # noqa: E402
@@ -133,7 +134,7 @@ def test_post_norms_and_output_projections_are_the_right_modules(family):
     name, model = family
     post_norms = FAMILIES[name].post_norms
     _, blocks = decoder_blocks(model)
-    writes = iv.sublayer_writes(model)
+    writes = sublayers.sublayer_writes(model)
     assert [(w.block, w.kind) for w in writes] == [(b, kind) for b in range(len(blocks)) for kind in ("attention", "mlp")]
     for write in writes:
         block = blocks[write.block]
@@ -165,7 +166,7 @@ def test_hook_ablation_is_exact_and_equals_weight_orthogonalization(family):
             hooked_logits = model(ids).logits.double().numpy()
     assert _hook_counts(model) == before, "hooks left behind"
     edited = copy.deepcopy(model)
-    record = iv.orthogonalize_weights(edited, r)
+    record = abliteration.orthogonalize_weights(edited, r)
     assert record["untied_output_embeddings"] == bool(model.config.tie_word_embeddings)
     weights = _all_layers(edited, prompts)
     for layer, values in hooked.items():
@@ -258,7 +259,7 @@ def test_missing_attention_or_output_projection_fails_before_any_edit():
         calls = _count_forwards(network)
         before = _hook_counts(network)
         with pytest.raises(ValueError, match=message):
-            iv.orthogonalize_weights(network, np.ones(32))
+            abliteration.orthogonalize_weights(network, np.ones(32))
         with pytest.raises(ValueError, match=message):
             with iv.direction_ablation(network, np.ones(32)):
                 pass
@@ -270,7 +271,7 @@ def test_post_norm_that_is_not_an_rms_gain_is_refused():
     model = _build("olmo2")
     model.model.layers[0].post_attention_layernorm = torch.nn.LayerNorm(32)
     with pytest.raises(ValueError, match=r"block 0 attention post-norm post_attention_layernorm: LayerNorm is not an"):
-        iv.sublayer_writes(model)
+        sublayers.sublayer_writes(model)
 
 
 def test_position_embeddings_block_weight_orthogonalization():
@@ -279,8 +280,8 @@ def test_position_embeddings_block_weight_orthogonalization():
     model = transformers.GPT2LMHeadModel(config).eval()
     assert len(decoder_blocks(model)[1]) == 2
     with pytest.raises(ValueError, match=r"GPT2LMHeadModel: the input of block 0 is not a multiple of the token embedding"):
-        iv.check_embedding_feeds_blocks(model)
-    iv.check_embedding_feeds_blocks(_build("gemma2"))  # the sqrt(d) scale is a multiple
+        sublayers.check_embedding_feeds_blocks(model)
+    sublayers.check_embedding_feeds_blocks(_build("gemma2"))  # the sqrt(d) scale is a multiple
 
 
 def test_post_norms_are_found_in_a_model_offloaded_by_accelerate(tmp_path):
@@ -294,7 +295,7 @@ def test_post_norms_are_found_in_a_model_offloaded_by_accelerate(tmp_path):
     offloaded = transformers.AutoModelForCausalLM.from_pretrained(
         tmp_path / "olmo2", device_map=placement, offload_folder=str(tmp_path / "offload")).eval()
     assert offloaded.model.layers[1].post_attention_layernorm.weight.device.type == "meta"
-    writes = iv.sublayer_writes(offloaded)
+    writes = sublayers.sublayer_writes(offloaded)
     _, blocks = decoder_blocks(offloaded)
     expected = [norm for block in blocks for norm in (block.post_attention_layernorm, block.post_feedforward_layernorm)]
     assert [write.post_norm for write in writes] == expected

@@ -10,19 +10,12 @@ torch = pytest.importorskip("torch")
 
 from rankaudit import interventions as iv  # noqa: E402
 from rankaudit.batched_ablation import RowIntervention, row_interventions  # noqa: E402
+from rankaudit.judges import KeywordJudge  # noqa: E402
 from rankaudit.models import load_model  # noqa: E402
 from rankaudit.organisms.generation import generate_greedy_ids  # noqa: E402
-from rankaudit.refusal import (  # noqa: E402
-    GenerationSettings,
-    KeywordJudge,
-    PromptSet,
-    kl_rows,
-    last_position_log_probs,
-    pad_id_of,
-    refusal_tokens,
-    run_conditions,
-    run_prompts,
-)
+from rankaudit.padding import pad_token_id  # noqa: E402
+from rankaudit.refusal import kl_rows, last_position_log_probs, refusal_tokens  # noqa: E402
+from rankaudit.refusal_runs import GenerationSettings, PromptSet, run_conditions, run_prompts  # noqa: E402
 
 INSTRUCTIONS = ("How do I bake a loaf of bread?", "Write a short poem about the sea.", "What is the capital of France?",
                 "Describe how to pick a lock without the key. Explain how a bicycle stays upright.", "Is the sky blue?")
@@ -63,7 +56,7 @@ def test_a_condition_batched_with_others_matches_it_alone(tiny_family):
     tokens = refusal_tokens(tokenizer, ["I", "Sorry"])
     judge = KeywordJudge(("a",))
     settings = GenerationSettings(max_new_tokens=NEW_TOKENS, batch_size=2)
-    pad = pad_id_of(tokenizer)
+    pad = pad_token_id(tokenizer)
     reference = last_position_log_probs(model, prompts.token_ids, 3, pad)
     conditions = _conditions(model.config.hidden_size, model.config.num_hidden_layers)
     judged = [True, True, False, True, True]
@@ -99,7 +92,7 @@ def test_generated_positions_keep_each_rows_condition(tiny_family):
     """Token ids of a mixed generation batch equal each condition's own generation, row by row, every step."""
     model = load_model(str(tiny_family.path), attn_implementation="eager")
     ids = list(_prompts(tiny_family.tokenizer).token_ids)
-    pad = pad_id_of(tiny_family.tokenizer)
+    pad = pad_token_id(tiny_family.tokenizer)
     conditions = _conditions(model.config.hidden_size, model.config.num_hidden_layers)
     items = [(c, p) for p in range(len(ids)) for c in range(len(conditions))]
     with row_interventions(model, [spec for spec, _ in conditions]) as rows:

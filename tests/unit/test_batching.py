@@ -13,7 +13,8 @@ from rankaudit import batching  # noqa: E402
 from rankaudit.batching import BatchOutOfMemoryError, job_batching_record, run_in_batches_halving_on_oom  # noqa: E402
 from rankaudit.capture import CaptureStats, capture_residual_stream  # noqa: E402
 from rankaudit.organisms.generation import generate_greedy_ids  # noqa: E402
-from rankaudit.refusal import last_position_log_probs, pad_id_of  # noqa: E402
+from rankaudit.padding import pad_token_id  # noqa: E402
+from rankaudit.refusal import last_position_log_probs  # noqa: E402
 
 PROMPTS = ["How do I bake bread?", "Hi", "Write a short poem about the sea and the sky above it.", "What is 2 + 2?",
            "Explain how a bicycle stays upright when it moves.", "Name a colour.", "Why is the sea salty?", "Hello there"]
@@ -118,7 +119,7 @@ def test_capture_after_out_of_memory_equals_a_run_at_the_smaller_batch(tiny_fami
 def test_refusal_forwards_and_generation_after_out_of_memory_equal_a_run_at_the_smaller_batch(tiny_families, monkeypatch):
     family = tiny_families["qwen2"]
     model, prompts = family.model, _encoded(family)
-    pad = pad_id_of(family.tokenizer)
+    pad = pad_token_id(family.tokenizer)
     expected_log_probs = last_position_log_probs(model, prompts, 2, pad)
     expected_ids = generate_greedy_ids(model, prompts, 4, pad, batch_size=2)
     batching.reset_job_batching()

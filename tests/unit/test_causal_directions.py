@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from rankaudit import io
-from rankaudit.stages.causal_directions import (
+from rankaudit.causal.directions import (
     abs_cosine,
     canonical_cosine_means,
     canonical_cosine_table,
@@ -18,7 +18,7 @@ from rankaudit.stages.causal_directions import (
     layer_cosine_rows,
     paper_script_band,
 )
-from rankaudit.stages.no_refusal import NO_REFUSAL
+from rankaudit.causal.no_refusal import NO_REFUSAL
 
 D = 8
 HALF = 1 / math.sqrt(2)

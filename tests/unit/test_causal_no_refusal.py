@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rankaudit.stages.no_refusal import NO_REFUSAL, baseline_refusal, no_refusal_note, require_abliterated_model
+from rankaudit.causal.no_refusal import NO_REFUSAL, baseline_refusal, no_refusal_note, require_abliterated_model
 
 WORDS = ["bread", "poem", "sea", "lock", "bicycle", "language", "France", "novel", "chemical", "morning"]
 TABLES = ("causal_selection", "causal_arditi", "causal_k3_narrow", "causal_per_direction", "causal_k_sweep", "causal_ordering",
@@ -50,6 +50,7 @@ def test_the_threshold_decides_on_the_rate_and_needs_at_least_one_refusal():
 
 
 def test_a_model_that_never_refuses_reports_no_refusal_through_every_causal_job(tiny_families, tmp_path):
+    from rankaudit.causal.inputs import read_direction
     from rankaudit.stages import causal, causal_report
 
     paths = {kind: tmp_path / f"{kind}.parquet" for kind in ("harmful", "harmless")}
@@ -75,7 +76,7 @@ def test_a_model_that_never_refuses_reports_no_refusal_through_every_causal_job(
     assert record["refusal_check"]["n_refused"] == 0 and sum(record["refusal_check"]["first_tokens"].values()) == 6
     assert len(pd.read_parquet(tmp_path / "candidates.parquet")) == 0
     with pytest.raises(ValueError, match="holds no direction .*no refusal to ablate"):
-        causal.read_direction(str(direction_path))
+        read_direction(str(direction_path))
 
     # downstream jobs never load a model: a location that does not exist proves it
     absent = {**model, "location": str(tmp_path / "no-model-here")}
@@ -122,24 +123,24 @@ def test_a_model_that_never_refuses_reports_no_refusal_through_every_causal_job(
 
 
 def test_a_missing_split_is_named_with_its_dataset_and_config_keys_before_any_model_loads(tmp_path):
+    from rankaudit.causal.inputs import phase_prompts
     from rankaudit.prompts.tables import PromptDataError
-    from rankaudit.stages import causal
 
     path = tmp_path / "harmful_test.parquet"
     _prompt_table(path, "harmful", splits=("test",))
     with pytest.raises(PromptDataError, match=r"dataset 'harmful_test': split 'val' has no prompts .*'test'.*"
                                               r"causal.selection.split = 'val'.*causal.selection.safety_dataset"):
-        causal.phase_prompts(str(path), "selection", "safety", _section())
+        phase_prompts(str(path), "selection", "safety", _section())
 
 
 def test_tables_keep_measured_families_next_to_a_no_refusal_family():
-    from rankaudit.stages.causal_report import _split_notes, _with_notes
+    from rankaudit.causal.tables import split_notes, with_notes
 
     sweep = pd.DataFrame([{"family": "a", "basis": "did", "kind": "baseline", "refusal_rate": 0.9},
                           {"family": "b", "basis": "did", "kind": NO_REFUSAL, "note": "no refusal to ablate: x"}])
-    measured, notes = _split_notes(sweep, "kind")
+    measured, notes = split_notes(sweep, "kind")
     assert list(measured["family"]) == ["a"] and list(notes["family"]) == ["b"]
-    table = _with_notes(measured[["family", "basis", "refusal_rate"]], notes, ["family", "basis"])
+    table = with_notes(measured[["family", "basis", "refusal_rate"]], notes, ["family", "basis"])
     assert list(table["family"]) == ["a", "b"] and list(table["note"]) == ["", "no refusal to ablate: x"]
     assert table["refusal_rate"].iloc[0] == 0.9 and np.isnan(table["refusal_rate"].iloc[1])
 
@@ -147,8 +148,8 @@ def test_tables_keep_measured_families_next_to_a_no_refusal_family():
 def test_a_basis_that_is_zero_at_band_layers_gets_a_no_shift_note_without_loading_a_model(tmp_path):
     """A pair that differs only in blocks outside the bands (e.g. a tune of the last blocks) has M = 0 there."""
     from rankaudit import io
+    from rankaudit.causal.no_refusal import NO_SHIFT
     from rankaudit.stages import causal
-    from rankaudit.stages.no_refusal import NO_SHIFT
 
     rng = np.random.default_rng(0)
     section = _section()  # narrow band of 5 evenly spaced layers in [0.45 L, 0.70 L]: layers 2 and 3 for L = 4

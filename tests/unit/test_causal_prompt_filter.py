@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rankaudit.selection import (
+from rankaudit.causal.selection import (
     filter_counts,
     refusal_score_mask,
     require_filtered_prompts,
@@ -64,8 +64,9 @@ def filter_workspace(tmp_path_factory, tiny_families):
     from rankaudit import io
     from rankaudit.capture import capture_residual_stream
     from rankaudit.formats import encode_prompts
+    from rankaudit.padding import pad_token_id
     from rankaudit.prompts.tables import instructions_sha256
-    from rankaudit.refusal import last_position_log_probs, pad_id_of
+    from rankaudit.refusal import last_position_log_probs
 
     family = tiny_families["llama"]
     root = tmp_path_factory.mktemp("prompt_filter")
@@ -80,7 +81,7 @@ def filter_workspace(tmp_path_factory, tiny_families):
         for split in ("train", "val"):
             encoded[(split, kind)] = encode_prompts(family.tokenizer, list(frame[frame["split"] == split]["instruction"]), "chat",
                                                     system_prompt=SYSTEM_PROMPT)
-    pad = pad_id_of(family.tokenizer)
+    pad = pad_token_id(family.tokenizer)
     log_probs = {key: last_position_log_probs(family.model, value.token_ids, 8, pad) for key, value in encoded.items()}
     openers = _openers_near_half(family.tokenizer, np.concatenate(list(log_probs.values())))
     n_blocks = family.model.config.num_hidden_layers
@@ -124,8 +125,8 @@ def _run(ws, section, name, activations=None):
 
 def test_the_selection_job_builds_and_scores_candidates_on_the_kept_prompts_only(filter_workspace):
     from rankaudit import io
+    from rankaudit.causal.tables import selection_table
     from rankaudit.refusal import refusal_log_odds, refusal_tokens
-    from rankaudit.stages.causal_report import selection_table
 
     ws = filter_workspace
     ids = refusal_tokens(ws["tokenizer"], ws["section"]["refusal_openers"]).ids

@@ -1,6 +1,6 @@
 """The causal stage's tables from planted job outputs whose every number is known by construction.
 
-Each builder of `rankaudit.stages.causal_report` gets a hand-made sweep / Arditi / selection frame and the test
+Each builder of `rankaudit.causal.tables` gets a hand-made sweep / Arditi / selection frame and the test
 checks the values a reader sees: which rows the baseline and the random band are taken from, the sign of every
 drop, the random band's mean / sd / min / max over draws, the Spearman of a planted causal order (worked by hand),
 the non-monotone and inert flags, and the note rows of a family with no refusal to ablate.
@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rankaudit.causal import tables
+from rankaudit.causal.no_refusal import NO_REFUSAL
 from rankaudit.stages import causal_report
-from rankaudit.stages.no_refusal import NO_REFUSAL
 
 SETTINGS = {"headline_band": "narrow", "headline_k": 3, "effect_metric": "score", "bootstrap": 200, "seed": 0,
             "monotone_tolerance": 0.1, "inert_tolerance": 0.1}
@@ -47,7 +48,7 @@ def planted_sweep(random_judged=True) -> pd.DataFrame:
 
 
 def test_k_sweep_puts_the_baseline_and_the_random_band_of_the_same_band_and_k_beside_each_principal_row():
-    table = causal_report.k_sweep_table(planted_sweep()).set_index(["band", "k"])
+    table = tables.k_sweep_table(planted_sweep()).set_index(["band", "k"])
     assert sorted(table.index) == sorted(CUMULATIVE)  # one row per cumulative point, none for random or single
     for (band, k), (rate, score) in CUMULATIVE.items():
         row = table.loc[(band, k)]
@@ -66,18 +67,18 @@ def test_k_sweep_puts_the_baseline_and_the_random_band_of_the_same_band_and_k_be
 
 
 def test_random_draws_without_generations_give_a_score_band_and_no_rate_band():
-    table = causal_report.k_sweep_table(planted_sweep(random_judged=False))
+    table = tables.k_sweep_table(planted_sweep(random_judged=False))
     assert not any(column.startswith("random_rate") for column in table)
     narrow3 = table[(table["band"] == "narrow") & (table["k"] == 3)].iloc[0]
     assert narrow3["random_score_mean"] == pytest.approx(3.3) and narrow3["random_draws"] == 3
     # one unjudged draw among judged ones is enough to withhold the rate band (a rate of some draws is no band)
     mixed = planted_sweep()
     mixed.loc[mixed.index[-1], ["judged", "refusal_rate"]] = [False, math.nan]
-    assert not any(column.startswith("random_rate") for column in causal_report.k_sweep_table(mixed))
+    assert not any(column.startswith("random_rate") for column in tables.k_sweep_table(mixed))
 
 
 def test_k3_table_is_the_headline_band_and_k_only_with_principal_and_random_side_by_side():
-    k3 = causal_report.k3_table(planted_sweep(), "narrow", 3)
+    k3 = tables.k3_table(planted_sweep(), "narrow", 3)
     assert len(k3) == 1
     row = k3.iloc[0]
     assert (row["baseline_rate"], row["principal_rate"], row["principal_low"], row["principal_high"]) == pytest.approx(
@@ -85,13 +86,13 @@ def test_k3_table_is_the_headline_band_and_k_only_with_principal_and_random_side
     assert (row["baseline_score"], row["principal_score"]) == (4.0, -2.0)
     assert (row["random_rate_mean"], row["random_rate_sd"], row["random_score_mean"]) == pytest.approx((0.8, 0.1, 3.3))
     assert row["random_draws"] == 3 and row["control_kl_mean"] == pytest.approx(0.03)
-    wide = causal_report.k3_table(planted_sweep(), "wide", 3).iloc[0]
+    wide = tables.k3_table(planted_sweep(), "wide", 3).iloc[0]
     assert (wide["principal_rate"], wide["random_rate_mean"], wide["random_score_sd"]) == pytest.approx((0.5, 0.5, 1.0))
-    assert causal_report.k3_table(planted_sweep(), "narrow", 7).empty
+    assert tables.k3_table(planted_sweep(), "narrow", 7).empty
 
 
 def test_per_direction_drops_are_baseline_minus_ablated():
-    table = causal_report.per_direction_table(planted_sweep()).set_index("direction")
+    table = tables.per_direction_table(planted_sweep()).set_index("direction")
     assert list(table.index) == [1, 2, 3]
     np.testing.assert_allclose(table["rate_drop"], [0.3, 0.05, 0.0], atol=1e-12)  # 0.9 - (0.6, 0.85, 0.9)
     np.testing.assert_allclose(table["score_drop"], [3.0, 0.5, 0.0], atol=1e-12)  # 4.0 - (1.0, 3.5, 4.0)
@@ -118,7 +119,7 @@ def test_ordering_spearman_of_a_planted_order_matches_the_hand_value_with_a_dege
     # mean effects (u1, u2, u3) = (2, 3, 1): causal ranks 2, 1, 3 against SVD ranks 1, 2, 3, so
     # d = (1, -1, 0) and rho = 1 - 6 * 2 / (3 * (9 - 1)) = 0.5. Every prompt has the same effects, so every
     # bootstrap resample has the same rho: the interval is the point (a misaligned prompt join would widen it).
-    table = causal_report.ordering_table(planted_sweep(), planted_prompts([2.0, 3.0, 1.0]), SETTINGS)
+    table = tables.ordering_table(planted_sweep(), planted_prompts([2.0, 3.0, 1.0]), SETTINGS)
     (row,) = table.to_dict("records")
     assert (row["family"], row["basis"], row["band"], row["effect_metric"]) == ("f", "did", "narrow", "score")
     assert row["spearman"] == pytest.approx(0.5)
@@ -130,19 +131,19 @@ def test_ordering_spearman_of_a_planted_order_matches_the_hand_value_with_a_dege
 
 
 def test_ordering_flags_inert_directions_and_a_reversed_order():
-    table = causal_report.ordering_table(planted_sweep(), planted_prompts([0.0, 1.0, 6.0]), SETTINGS)
+    table = tables.ordering_table(planted_sweep(), planted_prompts([0.0, 1.0, 6.0]), SETTINGS)
     (row,) = table.to_dict("records")
     assert row["spearman"] == pytest.approx(-1.0) and row["causal_order"] == "u3 u2 u1"
     # inert: |effect| <= 0.1 * max |effect| = 0.6, so u1 (0) only; u2 (1.0) is not
     assert row["inert"] == "u1"
     monotone = planted_sweep()
     monotone.loc[(monotone["kind"] == "cumulative") & (monotone["k"] == 5), "refusal_rate"] = 0.25  # rise 0.05 <= 0.1
-    (row,) = causal_report.ordering_table(monotone, planted_prompts([0.0, 1.0, 6.0]), SETTINGS).to_dict("records")
+    (row,) = tables.ordering_table(monotone, planted_prompts([0.0, 1.0, 6.0]), SETTINGS).to_dict("records")
     assert not row["non_monotone"] and row["max_rise"] == pytest.approx(0.05) and row["rises"] == ""
 
 
 def test_ordering_with_no_effect_at_all_is_nan_and_every_direction_inert_without_dividing_by_zero():
-    (row,) = causal_report.ordering_table(planted_sweep(), planted_prompts([0.0, 0.0, 0.0]), SETTINGS).to_dict("records")
+    (row,) = tables.ordering_table(planted_sweep(), planted_prompts([0.0, 0.0, 0.0]), SETTINGS).to_dict("records")
     assert math.isnan(row["spearman"]) and row["boot_finite"] == 0 and math.isnan(row["ci_low"])
     assert row["inert"] == "u1 u2 u3" and row["effects"] == "0 0 0"
 
@@ -151,7 +152,7 @@ def test_ordering_on_judged_refusals_uses_the_refused_column():
     # refused: baseline True everywhere; single u_j refused when its effect < 1 -> u1 (effect 2) and u3 (effect 1.5)
     # stop refusing on every prompt, u2 (effect 0.5) does not: effects (1, 0, 1) -> u2 inert, causal order u1 u3 u2
     settings = {**SETTINGS, "effect_metric": "refused"}
-    (row,) = causal_report.ordering_table(planted_sweep(), planted_prompts([2.0, 0.5, 1.5]), settings).to_dict("records")
+    (row,) = tables.ordering_table(planted_sweep(), planted_prompts([2.0, 0.5, 1.5]), settings).to_dict("records")
     assert row["effect_metric"] == "refused" and row["effects"] == "1 0 1" and row["inert"] == "u2"
     assert row["causal_order"] == "u1 u3 u2"
     # SVD ranks (3, 2, 1) for (u1, u2, u3), effect ranks with ties averaged (2.5, 1, 2.5): centred (1, 0, -1) and
@@ -175,14 +176,14 @@ def planted_arditi(with_control_refusal=True) -> pd.DataFrame:
 
 
 def test_arditi_table_reads_each_condition_and_the_random_directions_band():
-    (row,) = causal_report.arditi_table(planted_arditi()).to_dict("records")
+    (row,) = tables.arditi_table(planted_arditi()).to_dict("records")
     assert (row["family"], row["layer"], row["position"]) == ("f", 2, -1)
     assert (row["baseline_rate"], row["ablated_rate"], row["ablated_low"], row["ablated_high"]) == pytest.approx(
         (0.95, 0.1, 0.0, 0.15))
     assert (row["random_mean"], row["random_sd"], row["random_min"], row["random_draws"]) == pytest.approx((0.95, 0.05, 0.9, 3))
     assert (row["ablated_control_kl"], row["ablated_degenerate_harmful"]) == pytest.approx((0.3, 0.05))
     assert (row["induced_control_refusal"], row["induced_control_score"], row["baseline_control_score"]) == (0.6, 2.5, -6.0)
-    (unjudged,) = causal_report.arditi_table(planted_arditi(with_control_refusal=False)).to_dict("records")
+    (unjudged,) = tables.arditi_table(planted_arditi(with_control_refusal=False)).to_dict("records")
     assert math.isnan(unjudged["induced_control_refusal"]) and unjudged["induced_control_score"] == 2.5
 
 
@@ -207,7 +208,7 @@ def _no_refusal_record(family="g"):
 
 
 def test_selection_table_reports_the_choice_the_filter_counts_and_a_no_refusal_family():
-    table = causal_report.selection_table([_selection_record(), _no_refusal_record()]).set_index("family")
+    table = tables.selection_table([_selection_record(), _no_refusal_record()]).set_index("family")
     chosen = table.loc["f"]
     assert chosen["status"] == "selected" and chosen["refusal_tokens"] == "I Sorry" and chosen["note"] == ""
     assert (chosen["layer"], chosen["position"], chosen["bypass"], chosen["induce"], chosen["kl"]) == (2, -1, -3.5, 1.25, 0.04)

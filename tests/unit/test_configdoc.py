@@ -20,5 +20,5 @@ def test_every_key_has_a_description() -> None:
 
 def test_every_section_is_rendered() -> None:
     rendered = configdoc.render(CONFIG / "schema")
-    for section in configdoc.SECTIONS:
+    for section in configdoc.CONFIG_SECTIONS:
         assert f"### `{section}`" in rendered

@@ -20,7 +20,7 @@ from rankaudit import interventions as iv  # noqa: E402
 from rankaudit.batched_ablation import RowIntervention, row_interventions  # noqa: E402
 from rankaudit.models import load_model  # noqa: E402
 from rankaudit.organisms.generation import generate_greedy_ids  # noqa: E402
-from rankaudit.refusal import pad_id_of  # noqa: E402
+from rankaudit.padding import pad_token_id  # noqa: E402
 
 # lengths far apart, so that the short prompts carry many left-padding positions in a shared batch
 INSTRUCTIONS = ("Hi?",
@@ -68,7 +68,7 @@ def test_left_padded_batches_generate_what_each_prompt_generates_alone(tiny_fami
     model = load_model(str(tiny_family.path), attn_implementation=attention)
     prompts = _token_ids(tiny_family.tokenizer)
     assert len({len(ids) for ids in prompts}) == len(prompts) and max(map(len, prompts)) - min(map(len, prompts)) > 20
-    _check_batched_equals_alone(model, prompts, pad_id_of(tiny_family.tokenizer), all_layer_ablation=True)
+    _check_batched_equals_alone(model, prompts, pad_token_id(tiny_family.tokenizer), all_layer_ablation=True)
 
 
 @pytest.mark.parametrize("attention", ["eager", None], ids=["eager", "default"])

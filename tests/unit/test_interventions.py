@@ -9,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from rankaudit import abliteration, sublayers  # noqa: E402
 from rankaudit import interventions as iv  # noqa: E402
 from rankaudit.capture import capture_residual_stream, decoder_blocks  # noqa: E402
 from rankaudit.models import load_model  # noqa: E402
@@ -129,7 +130,7 @@ def test_direction_ablation_is_exact_and_equals_weight_orthogonalization(name, t
         assert np.abs(hooked[layer] @ r_unit).max() / scale < 1e-5, f"layer {layer} keeps a component along r"
         assert np.abs(plain[layer] @ r_unit).max() / scale > 1e-3, "the direction was not present to begin with"
     edited = _eager(family)
-    record = iv.orthogonalize_weights(edited, r)
+    record = abliteration.orthogonalize_weights(edited, r)
     assert record["untied_output_embeddings"] == (name == "gemma2_tied")
     weights = _residuals(edited, ids, layers)
     for layer in layers:
@@ -144,13 +145,13 @@ def test_gemma2_post_norm_needs_the_gain_weighted_direction(tiny_families):
     model = _eager(tiny_families["gemma2"])
     d, n_blocks = model.config.hidden_size, model.config.num_hidden_layers
     with torch.no_grad():
-        for write in iv.sublayer_writes(model):
+        for write in sublayers.sublayer_writes(model):
             write.post_norm.weight.copy_(torch.linspace(-0.5, 2.0, d))
     r_unit = iv.unit(np.random.default_rng(2).standard_normal(d), "r")
     _, blocks = decoder_blocks(model)
     projector = iv._Projector(r_unit[:, None])
     handles = [block.register_forward_pre_hook(iv._input_hook(projector), with_kwargs=True) for block in blocks]
-    handles += [w.module.register_forward_hook(iv._output_hook(projector)) for w in iv.sublayer_writes(model)]
+    handles += [w.module.register_forward_hook(iv._output_hook(projector)) for w in sublayers.sublayer_writes(model)]
     ids = _ids(tiny_families["gemma2"].tokenizer)
     try:
         wrong = _residuals(model, ids, [n_blocks])[n_blocks]
@@ -166,7 +167,7 @@ def test_gemma2_post_norm_needs_the_gain_weighted_direction(tiny_families):
 def test_abliterated_model_round_trips_through_save_pretrained(tied_gemma, tmp_path):
     model = _eager(tied_gemma)
     r = np.random.default_rng(4).standard_normal(model.config.hidden_size)
-    iv.orthogonalize_weights(model, r)
+    abliteration.orthogonalize_weights(model, r)
     model.save_pretrained(tmp_path)
     reloaded = load_model(str(tmp_path), attn_implementation="eager")
     ids = torch.tensor([_ids(tied_gemma.tokenizer)[1]])

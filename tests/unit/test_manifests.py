@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from rankaudit import manifests
+from rankaudit.stages.manifests import write_manifest
 
 COMMIT_A = "a" * 40
 COMMIT_B = "b" * 40
@@ -181,7 +182,7 @@ def test_hub_params_move_with_the_revision_and_the_template_params_only_with_the
 def test_read_manifest_and_with_manifest_carry_the_file_hash(tmp_path):
     folder = write_model(tmp_path / "model", b"w")
     path = tmp_path / "m.json"
-    manifests.write_manifest("m", spec(str(folder), "local"), str(path))
+    write_manifest("m", spec(str(folder), "local"), str(path))
     loaded = manifests.with_manifest({"location": str(folder)}, [str(path)])["manifest"]
     assert loaded["manifest_sha256"] == sha(path.read_bytes())
     assert loaded["weights_sha256"] == manifests.build_manifest("m", spec(str(folder), "local"))["weights_sha256"]

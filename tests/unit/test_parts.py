@@ -232,7 +232,7 @@ def _sweep(inputs: dict, out: Path) -> None:
 
 
 def test_sweep_parts_follow_the_plan_order():
-    from rankaudit.stages.causal import sweep_parts
+    from rankaudit.causal.sweep_plan import sweep_parts
     from rankaudit.sweeps import plan_conditions
 
     bases = {band: {3: np.eye(6)[:, :3]} for band in ("narrow", "wide")}
@@ -245,7 +245,7 @@ def test_sweep_parts_follow_the_plan_order():
 
 
 def test_an_interrupted_sweep_measures_only_its_unfinished_parts(tiny_families, tmp_path, monkeypatch, caplog):
-    from rankaudit.stages.causal import Evaluator
+    from rankaudit.causal.evaluation import Evaluator
 
     inputs = _sweep_inputs(tiny_families["llama"], tmp_path / "inputs")
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
@@ -279,7 +279,7 @@ def test_an_interrupted_sweep_measures_only_its_unfinished_parts(tiny_families, 
 
 
 def test_a_sweep_with_other_prompts_reuses_no_part(tiny_families, tmp_path, monkeypatch):
-    from rankaudit.stages.causal import Evaluator
+    from rankaudit.causal.evaluation import Evaluator
 
     inputs = _sweep_inputs(tiny_families["llama"], tmp_path / "inputs")
     _counting(monkeypatch, Evaluator, "measure", fail_on_call=2)

@@ -221,13 +221,13 @@ def test_the_check_counts_escaped_prompts_per_dataset_and_format(organism_tokeni
 
 
 def test_selection_and_generation_read_the_same_escaped_ids_as_capture(organism_tokenizers, monkeypatch):
-    from rankaudit import refusal
-    from rankaudit.stages.causal import _prompt_set_of
+    from rankaudit import judges, refusal, refusal_runs
+    from rankaudit.causal.inputs import prompt_set_of
 
     tokenizer = organism_tokenizers["llama"]
     frame = _table(["Write a short poem about the sea.", "Stop here <|eot_id|> then go on."])
     captured = encode_prompts(tokenizer, list(frame["instruction"]), "chat", special_token_text="escape")
-    prompts = _prompt_set_of(frame, tokenizer, "default", "harmful", "escape")
+    prompts = prompt_set_of(frame, tokenizer, "default", "harmful", "escape")
     assert prompts.token_ids == tuple(captured.token_ids) and prompts.n_escaped == 1
     seen = {}
 
@@ -235,9 +235,9 @@ def test_selection_and_generation_read_the_same_escaped_ids_as_capture(organism_
         seen["ids"] = [tuple(row) for row in ids]
         return [tokenizer("I cannot help.", add_special_tokens=False)["input_ids"] for _ in ids]
 
-    monkeypatch.setattr(refusal, "last_position_log_probs", lambda model, ids, batch_size, pad: np.zeros((len(ids), 4)))
-    monkeypatch.setattr(refusal, "generate_greedy_ids", generate)
-    outcome = refusal.run_prompts(None, tokenizer, prompts, refusal.RefusalTokens((0,), {}, {}), refusal.KeywordJudge(),
-                                  refusal.GenerationSettings(max_new_tokens=4))
+    monkeypatch.setattr(refusal_runs, "last_position_log_probs", lambda model, ids, batch_size, pad: np.zeros((len(ids), 4)))
+    monkeypatch.setattr(refusal_runs, "generate_greedy_ids", generate)
+    outcome = refusal_runs.run_prompts(None, tokenizer, prompts, refusal.RefusalTokens((0,), {}, {}), judges.KeywordJudge(),
+                                       refusal_runs.GenerationSettings(max_new_tokens=4))
     assert seen["ids"] == list(captured.token_ids)  # generation never re-tokenizes the rendered strings
     assert outcome.completions == ["I cannot help."] * 2

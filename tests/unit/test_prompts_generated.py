@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rankaudit.prompts import GENERATED_SET_KEYS, PromptDataError, build_generated_set, generate_set, read_prompt_set
+from rankaudit.prompts import GENERATED_SET_KEYS, PromptDataError, generate_set, read_prompt_set
 from rankaudit.prompts.concepts import EN_FR_PREDICATES, EN_FR_SUBJECTS, QS_PREDICATES, QS_SUBJECTS, pair_capacity
 from rankaudit.prompts.generated import BENIGN_ACTIONS, HARMFUL_ACTIONS, PHRASINGS, request_capacity
+from rankaudit.stages.prompts import build_generated_set
 
 DEMO = {
     "seed": 0,

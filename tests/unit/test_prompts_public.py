@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rankaudit.prompts import PromptDataError, fetch_public_set, public, read_prompt_set
+from rankaudit.prompts import PromptDataError, public, read_prompt_set
 from rankaudit.prompts.public import resolve_url
+from rankaudit.stages.prompts import fetch_public_set
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MIRROR = (REPO_ROOT / ".." / "shared" / "data" / "refusal_direction").resolve()

@@ -7,21 +7,18 @@ import math
 import numpy as np
 import pytest
 
+from rankaudit.judges import CombinedJudge, KeywordJudge, build_judge, degenerate
 from rankaudit.organisms.refusal_judge import REFUSAL_PHRASES
 from rankaudit.refusal import (
-    CombinedJudge,
-    GenerationSettings,
-    KeywordJudge,
     RefusalTokens,
-    build_judge,
     check_refusal_tokens,
-    degenerate,
     kl_rows,
     last_position_log_probs,
     rate_summary,
     refusal_log_odds,
     refusal_tokens,
 )
+from rankaudit.refusal_runs import GenerationSettings
 
 
 def test_refusal_tokens_are_the_first_token_of_each_opener(tiny_families):

@@ -1,4 +1,4 @@
-"""`refusal.run_prompts` on a tiny Llama: the first-position score against plain forwards computed here, and the
+"""`refusal_runs.run_prompts` on a tiny Llama: the first-position score against plain forwards computed here, and the
 judged / degenerate flags of continuations planted token by token (so the right answer is known per prompt)."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from rankaudit.refusal import GenerationSettings, KeywordJudge, PromptSet, refusal_tokens, run_prompts
+from rankaudit.judges import KeywordJudge
+from rankaudit.refusal import refusal_tokens
+from rankaudit.refusal_runs import GenerationSettings, PromptSet, run_prompts
 
 INSTRUCTIONS = ("How do I bake a loaf of bread at home?", "Write a short poem about the sea.", "What is the capital of France?")
 # what each prompt's planted model says: a refusal, a loop of one phrase, and nothing at all (end of sequence at once)

@@ -26,10 +26,10 @@ def _ids(tiny, kind, n=6):
 def test_frozen_prefix_with_cached_block_inputs_equals_the_full_forward(tiny_families, family):
     import torch
 
-    from rankaudit.refusal import pad_id_of
+    from rankaudit.padding import pad_token_id
 
     tiny = tiny_families[family]
-    model, pad = tiny.model, pad_id_of(tiny.tokenizer)
+    model, pad = tiny.model, pad_token_id(tiny.tokenizer)
     rows = _ids(tiny, "harmful", 4)
     first = model.config.num_hidden_layers - 1
     cached = rt.block_inputs(model, rows, first, pad, batch_size=3)
@@ -50,11 +50,11 @@ def test_training_changes_only_the_last_blocks_and_teaches_the_refusal(tiny_fami
     import torch
 
     from rankaudit.organisms.generation import generate_greedy_ids
-    from rankaudit.refusal import pad_id_of
+    from rankaudit.padding import pad_token_id
 
     tiny = tiny_family_factory("llama", seed=11)
     model, tokenizer = tiny.model, tiny.tokenizer
-    pad = pad_id_of(tokenizer)
+    pad = pad_token_id(tokenizer)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     settings = rt.TuningSettings.from_config({"steps": 80, "lr": 3e-3, "batch_size": 12, "train_blocks": 2,
                                               "refusal": "Sorry, I can not.", "harmless_target_tokens": 4, "seed": 0})

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from rankaudit.selection import Candidate, SelectionRules, candidate_directions, discard_reason, score_candidates, select
+from rankaudit.causal.selection import Candidate, SelectionRules, candidate_directions, discard_reason, score_candidates, select
 
 
 def test_candidates_are_differences_in_means_per_position_and_layer():
@@ -26,7 +26,7 @@ def _record(layer, bypass, induce, kl):
 
 
 def test_filters_follow_arditi():
-    rules = SelectionRules()
+    rules = SelectionRules.from_config({})
     assert discard_reason(_record(3, -2.0, 1.0, 0.01), 10, rules) == ""
     assert "layer >= int(0.8 L) = 8" in discard_reason(_record(8, -2.0, 1.0, 0.01), 10, rules)
     assert discard_reason(_record(7, -2.0, 1.0, 0.2), 10, rules) == "kl > 0.1"
@@ -34,13 +34,20 @@ def test_filters_follow_arditi():
     assert discard_reason(_record(1, math.nan, 1.0, 0.01), 10, rules) == "nan score"
 
 
+def test_rules_take_what_causal_selection_leaves_out_from_the_schema():
+    assert SelectionRules.from_config({}) == SelectionRules(max_layer_fraction=0.8, max_kl=0.1, min_induce=0.0)
+    rules = SelectionRules.from_config({"max_kl": 0.2, "min_induce": -1.0, "split": "val", "n": 4})
+    assert (rules.max_layer_fraction, rules.max_kl, rules.min_induce) == (0.8, 0.2, -1.0)
+    assert rules.layer_limit(24) == 19
+
+
 def test_select_picks_the_lowest_surviving_bypass():
     records = [_record(1, -1.0, 1.0, 0.01), _record(2, -5.0, 1.0, 0.5), _record(3, -3.0, 0.5, 0.05), _record(9, -9.0, 2.0, 0.0)]
-    chosen, annotated = select(records, 10, SelectionRules(), "family f")
+    chosen, annotated = select(records, 10, SelectionRules.from_config({}), "family f")
     assert chosen == 2 and annotated[2]["selected"] and sum(r["selected"] for r in annotated) == 1
     assert annotated[1]["discarded"] == "kl > 0.1" and annotated[3]["discarded"].startswith("layer")
     with pytest.raises(ValueError, match="family f: every one of the 1 candidate"):
-        select([_record(9, -9.0, 2.0, 0.0)], 10, SelectionRules(), "family f")
+        select([_record(9, -9.0, 2.0, 0.0)], 10, SelectionRules.from_config({}), "family f")
 
 
 def _alone_log_probs(model, prompts):

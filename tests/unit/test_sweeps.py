@@ -49,7 +49,7 @@ def test_basis_matrices_are_the_named_variants():
 
 
 def test_did_sweep_basis_is_the_plain_svd_of_the_hand_built_matrix():
-    from rankaudit.stages.causal import sweep_bases
+    from rankaudit.causal.sweep_plan import sweep_bases
 
     safety, control = _hand_cells()
     _, singular, vt = np.linalg.svd(PLANTED)
@@ -273,7 +273,7 @@ def causal_outputs(tiny_workspace):
 
 
 def test_causal_jobs_write_the_planned_tables(tiny_workspace, causal_outputs):
-    from rankaudit.stages import causal_report
+    from rankaudit.causal import tables
 
     root, n_blocks = causal_outputs, tiny_workspace["n_blocks"]
     record = json.loads((root / "selection.json").read_text())
@@ -305,7 +305,7 @@ def test_causal_jobs_write_the_planned_tables(tiny_workspace, causal_outputs):
     template_prompts = pd.read_parquet(root / "sweep_template_prompts.parquet")
     assert template_prompts.loc[template_prompts["kind"] == "random", "refused"].isna().all()
     assert template_prompts.loc[template_prompts["kind"] != "random", "refused"].notna().all()
-    scored_k3 = causal_report.k3_table(template, "narrow", 3)
+    scored_k3 = tables.k3_table(template, "narrow", 3)
     assert "random_score_mean" in scored_k3 and not any(column.startswith("random_rate") for column in scored_k3)
 
     k3 = pd.read_parquet(root / "tables" / "causal_k3_narrow.parquet")

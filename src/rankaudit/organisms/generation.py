@@ -1,8 +1,8 @@
 """Batched greedy generation with left padding and a KV cache (shared by the refusal check and ablations).
 
-Prompts are tokenized one by one, sorted by length so that batches carry little padding, left-padded by hand
-(the tokenizer's own padding side is never changed), and decoded back in the caller's order. Position ids
-follow the attention mask, so a left-padded row generates exactly what it would generate alone.
+Prompts are tokenized one by one, sorted by length so that batches carry little padding, left-padded by
+`rankaudit.padding` (the tokenizer's own padding side is never changed), and decoded back in the caller's order.
+Position ids follow the attention mask, so a left-padded row generates exactly what it would generate alone.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import Any
 
 from rankaudit.batching import run_in_batches_halving_on_oom
 from rankaudit.capture import input_device
+from rankaudit.padding import pad_token_id, padded_batch
 
 
 def generate_greedy(
@@ -29,9 +30,7 @@ def generate_greedy(
     """
     if max_new_tokens < 1 or batch_size < 1:
         raise ValueError(f"max_new_tokens ({max_new_tokens}) and batch_size ({batch_size}) must be positive")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has neither a pad nor an eos token to pad with")
+    pad_id = pad_token_id(tokenizer)
     encoded = [tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"] for prompt in prompts]
     empty = [prompts[i] for i, ids in enumerate(encoded) if not ids]
     if empty:
@@ -71,13 +70,8 @@ def generate_greedy_ids(
     model.eval()
 
     def generate(rows: list[int]) -> tuple[int, Any]:
-        width = max(len(prompts[i]) for i in rows)
-        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(rows), width), dtype=torch.long)
-        for slot, i in enumerate(rows):
-            ids = list(prompts[i])
-            input_ids[slot, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention[slot, width - len(ids):] = 1
+        input_ids, attention = padded_batch([prompts[i] for i in rows], pad_id)
+        width = input_ids.shape[1]
         if before_batch is not None:
             before_batch(rows)
         # a redone batch (after an out-of-memory) passes its rows' first logits again, overwriting the partial ones

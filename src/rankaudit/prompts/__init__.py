@@ -4,15 +4,13 @@ Every set is stored as `results/prompts/<dataset>.parquet` (columns instruction,
 concept-pair sets add pair and side) next to `<dataset>.provenance.json`.
 """
 
-from rankaudit.prompts.build import GENERATED_SET_KEYS, build_generated_set, generate_set, generated_settings
-from rankaudit.prompts.public import fetch_public_set, load_public_set
+from rankaudit.prompts.build import GENERATED_SET_KEYS, generate_set, generated_settings
+from rankaudit.prompts.public import load_public_set
 from rankaudit.prompts.tables import PromptDataError, read_prompt_set, select_prompts, write_prompt_set
 
 __all__ = [
     "GENERATED_SET_KEYS",
     "PromptDataError",
-    "build_generated_set",
-    "fetch_public_set",
     "generate_set",
     "generated_settings",
     "load_public_set",

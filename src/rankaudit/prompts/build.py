@@ -1,4 +1,4 @@
-"""Build one project-written prompt set from its config slice and write it with provenance.
+"""Generate one project-written prompt set from its config slice (rankaudit.stages.prompts writes it with provenance).
 
 Each set gets its own random stream (the configured seed combined with a fixed id of the set's name), so
 changing one set's size never changes another set's prompts.
@@ -6,8 +6,6 @@ changing one set's size never changes another set's prompts.
 
 from __future__ import annotations
 
-import logging
-import os
 import zlib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -16,9 +14,7 @@ import pandas as pd
 
 from rankaudit.prompts.concepts import generate_pairs, pair_capacity
 from rankaudit.prompts.generated import generate_requests, request_capacity
-from rankaudit.prompts.tables import PromptDataError, deduplicate, remove_outputs, write_prompt_set
-
-logger = logging.getLogger(__name__)
+from rankaudit.prompts.tables import PromptDataError
 
 # Which keys of `prompts.generated` each project-written set reads (the rule passes exactly these).
 GENERATED_SET_KEYS: dict[str, tuple[str, ...]] = {
@@ -72,34 +68,3 @@ def generate_set(dataset: str, settings: Mapping[str, Any]) -> tuple[pd.DataFram
         ),
     }
     return builders[dataset]()
-
-
-def build_generated_set(
-    dataset: str,
-    settings: Mapping[str, Any],
-    table_path: str | os.PathLike[str],
-    provenance_path: str | os.PathLike[str],
-    version: str | int | None = None,
-) -> pd.DataFrame:
-    """Generate, deduplicate and write one project-written set; on any failure no output is left behind."""
-    try:
-        frame, capacity = generate_set(dataset, settings)
-        rows_in = len(frame)
-        frame, duplicates = deduplicate(frame, dataset)
-        provenance = {
-            "kind": "generated",
-            "generator": "rankaudit.prompts",
-            "stage_version": version,
-            "settings": generated_settings(dataset, settings),
-            "capacity": capacity,
-            "rows_in": rows_in,
-            "rows_out": len(frame),
-            "duplicates_removed": len(duplicates),
-            "duplicates": duplicates,
-        }
-        write_prompt_set(frame, dataset, table_path, provenance_path, provenance)
-    except BaseException:
-        remove_outputs(table_path, provenance_path)
-        raise
-    logger.info("%s: %d prompts generated (capacity %d)", dataset, len(frame), capacity)
-    return frame

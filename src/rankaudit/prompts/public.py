@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
 import urllib.error
 import urllib.parse
@@ -24,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from rankaudit.prompts.tables import PromptDataError, deduplicate, remove_outputs, write_prompt_set
+from rankaudit.prompts.tables import PromptDataError, deduplicate
 
 logger = logging.getLogger(__name__)
 
@@ -218,22 +217,3 @@ def load_public_set(dataset: str, spec: Mapping[str, Any], mirror: str | None = 
     }
     logger.info("%s: %d bytes from %s, sha256 ok, %d rows in, %d out", dataset, len(data), url, len(frame), len(cleaned))
     return cleaned, provenance
-
-
-def fetch_public_set(
-    dataset: str,
-    spec: Mapping[str, Any],
-    table_path: str | os.PathLike[str],
-    provenance_path: str | os.PathLike[str],
-    mirror: str | None = None,
-    version: str | int | None = None,
-) -> pd.DataFrame:
-    """Fetch one public set and write `<dataset>.parquet` + provenance; on any failure nothing is left behind."""
-    try:
-        frame, provenance = load_public_set(dataset, spec, mirror)
-        provenance["stage_version"] = version
-        write_prompt_set(frame, dataset, table_path, provenance_path, provenance)
-    except BaseException:
-        remove_outputs(table_path, provenance_path)
-        raise
-    return frame

@@ -4,6 +4,7 @@ Checks that need no weights run first (pair compatibility from the configs, chat
 so a bad pair or a template-less tokenizer fails in seconds with the model named. Each activation file is a
 float32 safetensors file holding the read positions of one (format, dataset, layer), with metadata that says
 what was measured on what; a JSON record keeps the rendered strings, token ids, read positions and forward counts.
+The `select_prompts` job of rules/capture.smk (the prompts one dataset key contributes) is here too.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from typing import Any
 from rankaudit import __version__, io, parts
 from rankaudit.batching import job_batching_record
 from rankaudit.capture import CaptureStats, capture_residual_stream
+from rankaudit.causal.no_refusal import require_abliterated_model
 from rankaudit.formats import EncodedPrompts, encode_prompts, special_tokens_in
 from rankaudit.models import check_pair, load_config, load_model_from_spec, load_tokenizer, require_chat_template, untrained_special_tokens
+from rankaudit.padding import pad_token_id
 from rankaudit.prompts import read_prompt_set
 from rankaudit.prompts.tables import instructions_sha256
-from rankaudit.stages.no_refusal import require_abliterated_model
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +152,7 @@ def capture_model(
         activations = capture_residual_stream(
             network, prompts.token_ids, layers, batch_size=batch_size, mean_last_k=mean_last_k,
             post_instruction_len=prompts.post_instruction_len,
-            pad_token_id=_pad_id(chat_tokenizer if fmt == "chat" else own_tokenizer), stats=stats,
+            pad_token_id=pad_token_id(chat_tokenizer if fmt == "chat" else own_tokenizer), stats=stats,
             label=f"capture {model_name} {fmt}/{key}",
         )
         dataset_hash = dataset_hashes[key]
@@ -200,11 +202,3 @@ def _add_stats(stats: CaptureStats, saved: Mapping[str, Any]) -> None:
     """Count a reused cell's forwards as the run that computed it counted them, so the record's totals stay whole."""
     for name, value in saved.items():
         setattr(stats, name, getattr(stats, name) + value)
-
-
-def _pad_id(tokenizer: Any) -> int:
-    """Padding never reaches a read position (left padding, masked), but it must be a valid id."""
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if candidate is not None:
-            return int(candidate)
-    return 0

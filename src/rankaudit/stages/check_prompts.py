@@ -1,5 +1,8 @@
-"""The prompt check of one model job (rankaudit.prompt_checks): load tokenizers and configs, read the tables, write
-the record. No weights are read, so a bad prompt fails this cheap job before the job that loads the model starts.
+"""Entry point of the `check_prompts` rule (rules/prompts.smk): check the prompts one model job will feed its model.
+
+It loads tokenizers and configs only, no weights, so a bad prompt fails this cheap job before the job that loads
+the model starts (`rankaudit.prompt_checks`). Separate from `rankaudit.stages.prompts` because it needs
+transformers, which the prompt-table jobs' environment does not have.
 """
 
 from __future__ import annotations

@@ -13,21 +13,32 @@ harmful prompts of both the training and the scoring split whose refusal log-odd
 refuse them) and the harmless prompts whose log-odds is >= 0 are dropped, so that the difference in means and the
 bypass score compare refused with answered prompts only.
 
-Filters: discard a candidate with any NaN score, layer >= int(0.8 L), KL > 0.1 or induce < 0; the survivor with
-the lowest bypass is selected. Every candidate's scores and the reason it was discarded are kept.
+Filters: discard a candidate with any NaN score, layer >= int(0.8 L), KL > 0.1 or induce < 0 (the paper's values,
+the defaults of `causal.selection`); the survivor with the lowest bypass is selected. Every candidate's scores and
+the reason it was discarded are kept.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from rankaudit.causal.inputs import generation_settings, prompt_set_of
+from rankaudit.config_schema import with_defaults
 from rankaudit.interventions import activation_addition, direction_ablation
-from rankaudit.refusal import kl_rows, last_position_log_probs, refusal_log_odds
+from rankaudit.padding import pad_token_id
+from rankaudit.prompts.tables import instructions_sha256, read_prompt_set
+from rankaudit.refusal import RefusalTokens, kl_rows, last_position_log_probs, refusal_log_odds
+from rankaudit.refusal_runs import PromptSet
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,11 +52,17 @@ class Candidate:
 
 @dataclass(frozen=True)
 class SelectionRules:
-    """Arditi's filters (METHODS §4); the defaults are the paper's values."""
+    """Arditi's filters (METHODS §4), read from `causal.selection` (defaults: config/schema/causal.schema.yaml)."""
 
-    max_layer_fraction: float = 0.8
-    max_kl: float = 0.1
-    min_induce: float = 0.0
+    max_layer_fraction: float
+    max_kl: float
+    min_induce: float
+
+    @classmethod
+    def from_config(cls, selection: Mapping[str, Any]) -> SelectionRules:
+        """Build from `causal.selection` (its other keys, such as `split` or `n`, are ignored)."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in with_defaults(selection, "causal", "selection").items() if key in names})
 
     def layer_limit(self, n_blocks: int) -> int:
         return int(self.max_layer_fraction * n_blocks)
@@ -145,3 +162,65 @@ def select(records: Sequence[Mapping[str, Any]], n_blocks: int, rules: Selection
     chosen = min(survivors, key=lambda i: (annotated[i]["bypass"], annotated[i]["layer"], annotated[i]["position"]))
     annotated[chosen]["selected"] = True
     return chosen, annotated
+
+
+# --- Arditi's refusal-score prompt filter, applied to the model's own prompts ------------------------------------
+
+FILTER_RULE = "harmful kept when refusal log-odds > 0, harmless kept when < 0 (Arditi et al.'s filter_data)"
+
+
+def training_frames(harmful_path: str | None, harmless_path: str | None) -> dict[str, pd.DataFrame]:
+    """The captured training prompt samples (one activation row each), read before any model is loaded."""
+    if harmful_path is None or harmless_path is None:
+        raise ValueError("causal.selection.filter_by_refusal_score is on: run_selection needs harmful_train_path and "
+                         "harmless_train_path (the captured prompt samples, results/prompts/selected/{safety,control}.parquet)")
+    return {"harmful": read_prompt_set(harmful_path), "harmless": read_prompt_set(harmless_path)}
+
+
+def kept_prompts(token_ids: Sequence[Sequence[int]], mask: np.ndarray) -> tuple[Sequence[int], ...]:
+    """The token ids of the prompts the filter's mask keeps, in order."""
+    return tuple(ids for ids, keep in zip(token_ids, mask) if keep)
+
+
+def check_activation_rows(path: str, values: np.ndarray, meta: Mapping[str, Any], frame: pd.DataFrame) -> None:
+    """The activation rows must be the training prompts, in order, for the filter's mask to pick the right rows."""
+    if values.shape[0] != len(frame):
+        raise ValueError(f"{path}: {values.shape[0]} activation rows but the prompt sample {frame.attrs.get('dataset')} "
+                         f"has {len(frame)} prompts; re-run the capture")
+    if "dataset_sha256" in meta and meta["dataset_sha256"] != instructions_sha256(frame):
+        raise ValueError(f"{path}: captured from other prompts than the sample {frame.attrs.get('dataset')} "
+                         "(dataset_sha256 differs); re-run the capture")
+
+
+def refusal_score_filter(network: Any, tokenizer: Any, training: Mapping[str, pd.DataFrame] | None,
+                         scoring: Mapping[str, PromptSet], tokens: RefusalTokens, section: Mapping[str, Any],
+                         system_prompt: str, family: str,
+                         special_token_text: str = "error") -> tuple[dict[str, dict[str, np.ndarray]] | None, dict[str, Any]]:
+    """({split: {role: keep mask}} or None when off, the record of it) for Arditi's refusal-score prompt filter.
+
+    Scores are the first-position refusal log-odds of the aligned model (one prompt forward each); too few
+    prompts left in any set is an error naming the family, split and set, raised before any candidate is scored.
+    """
+    sel = section["selection"]
+    minimum = int(sel["min_prompts_after_filter"])
+    if training is None:
+        counts = {sel["split"]: {role: {"before": len(p.token_ids), "after": len(p.token_ids)} for role, p in scoring.items()}}
+        return None, {"enabled": False, "rule": "", "min_prompts": minimum, "counts": counts}
+    batch_size, pad = generation_settings(section).batch_size, pad_token_id(tokenizer)
+    sets = {"train": {role: prompt_set_of(frame, tokenizer, system_prompt, role, special_token_text).token_ids
+                      for role, frame in training.items()},
+            sel["split"]: {role: prompts.token_ids for role, prompts in scoring.items()}}
+    masks, scores = {}, {}
+    for split, by_role in sets.items():
+        masks[split], scores[split] = {}, {}
+        for role, ids in by_role.items():
+            values = refusal_log_odds(last_position_log_probs(network, ids, batch_size, pad), tokens.ids)
+            masks[split][role] = refusal_score_mask(values, harmful=role == "harmful")
+            scores[split][role] = {"mean": float(values.mean()), "min": float(values.min()), "max": float(values.max())}
+    counts = filter_counts(masks)
+    logger.info("%s: Arditi's prompt filter kept %s", family, "; ".join(
+        f"{split} {role} {c['after']}/{c['before']}" for split, by_role in counts.items() for role, c in by_role.items()))
+    require_filtered_prompts(counts, minimum, f"family {family}")
+    record = {"enabled": True, "rule": FILTER_RULE, "min_prompts": minimum, "counts": counts, "scores": scores,
+              "training_datasets": {role: frame.attrs.get("dataset") for role, frame in training.items()}}
+    return masks, record

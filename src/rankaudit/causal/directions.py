@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 
 from rankaudit import io
+from rankaudit.causal.no_refusal import NO_REFUSAL
 from rankaudit.degeneracy import OK, RANK_AT_MOST_1, ZERO
-from rankaudit.stages.no_refusal import NO_REFUSAL
 from rankaudit.sweeps import band_layers
 
 TOP_PREFIX = "top_direction_"
