@@ -21,7 +21,7 @@ STAGE_VERSION = {
     "spectra": 2,
     "tables": 2,
     "calibration": 2,
-    "causal": 3,
+    "causal": 4,
     "limits": 2,
     "checkpoints": 1,
     "precision": 1,
