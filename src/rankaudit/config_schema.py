@@ -8,14 +8,17 @@ what the workflow computes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "config" / "schema"
+
+Settings = TypeVar("Settings")
 # The sections with a schema of their own (config/schema/<section>.schema.yaml), in the order of config/README.md:
 # what rules/common.smk validates and rankaudit.configdoc documents.
 CONFIG_SECTIONS = ("prompts", "organisms", "checkpoints", "models", "families", "runtime", "datasets", "capture", "audit",
@@ -39,3 +42,10 @@ def with_defaults(section_values: Mapping[str, Any], section: str, *path: str) -
     """The given values over the schema's defaults (lists become tuples, so the result can fill frozen dataclasses)."""
     merged = {**section_defaults(section, *path), **section_values}
     return {key: tuple(value) if isinstance(value, list) else value for key, value in merged.items()}
+
+
+def settings_from_section(cls: type[Settings], section_values: Mapping[str, Any], section: str, *path: str) -> Settings:
+    """The settings dataclass `cls` from a config section over its schema's defaults; keys `cls` has no field for
+    (read by other jobs) are ignored."""
+    names = {field.name for field in dataclasses.fields(cls)}
+    return cls(**{key: value for key, value in with_defaults(section_values, section, *path).items() if key in names})

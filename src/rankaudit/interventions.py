@@ -62,7 +62,6 @@ def unit(vector: Any, where: str) -> np.ndarray:
     return array / norm
 
 
-
 class _Projector:
     """h -> h - U U^T h in float32, with U moved to the hidden states' device once."""
 
@@ -82,7 +81,6 @@ class _Projector:
         return (values - (values @ basis) @ basis.T).to(hidden.dtype)
 
 
-
 def _with_hidden(output: Any, hidden: Any) -> Any:
     """The module output with its hidden states replaced (tuple outputs keep their other members)."""
     if isinstance(output, tuple):
@@ -90,7 +88,6 @@ def _with_hidden(output: Any, hidden: Any) -> Any:
     if isinstance(output, list):
         return [hidden, *output[1:]]
     return hidden
-
 
 
 def _output_hook(transform: Callable[[Any], Any]) -> Callable[..., Any]:
@@ -118,6 +115,8 @@ def register_layer_hook(blocks: Sequence[Any], layer: int, transform: Callable[[
 
 @contextlib.contextmanager
 def _hooks(handles: list[Any]) -> Iterator[None]:
+    """Remove every hook in `handles` when the block ends, however it ends: hooks registered in the block before a
+    failing registration are removed too."""
     try:
         yield
     finally:
@@ -125,22 +124,16 @@ def _hooks(handles: list[Any]) -> Iterator[None]:
             handle.remove()
 
 
-
 @contextlib.contextmanager
 def projection_ablation(model: Any, bases: Mapping[int, Any]) -> Iterator[None]:
     """Within the block, h <- h - U_l U_l^T h at every layer l of `bases` ({layer: d x k basis}), all positions."""
     _, blocks = decoder_blocks(model)
     d = hidden_size(model)
-    handles = []
-    try:
+    handles: list[Any] = []
+    with _hooks(handles):
         for layer, basis in sorted(bases.items()):
             projector = _Projector(checked_basis(basis, d, f"projection_ablation basis at layer {layer}"))
             handles.append(register_layer_hook(blocks, int(layer), projector))
-    except Exception:
-        for handle in handles:
-            handle.remove()
-        raise
-    with _hooks(handles):
         yield
 
 
@@ -162,13 +155,11 @@ def activation_addition(model: Any, vector: Any, layer: int, coefficient: float 
         yield
 
 
-
 def write_direction(write: SublayerWrite, direction: np.ndarray) -> np.ndarray:
     """Unit direction to remove from the sublayer output so that what reaches the residual stream is orthogonal to `direction`."""
     if write.post_norm is None:
         return unit(direction, f"block {write.block} {write.kind}")
     return unit(norm_gain(write.post_norm, direction.size) * direction, f"block {write.block} {write.kind} (post-norm gain x direction)")
-
 
 
 @contextlib.contextmanager
@@ -179,15 +170,10 @@ def direction_ablation(model: Any, direction: Any) -> Iterator[None]:
     if r.size != hidden_size(model):
         raise ValueError(f"direction_ablation: direction of size {r.size}, model has d={hidden_size(model)}")
     writes = [(write.module, write_direction(write, r)) for write in sublayer_writes(model)]
-    handles = []
-    try:
+    handles: list[Any] = []
+    with _hooks(handles):
         for block in blocks:
             handles.append(block.register_forward_pre_hook(_input_hook(_Projector(r[:, None])), with_kwargs=True))
         for module, written in writes:
             handles.append(module.register_forward_hook(_output_hook(_Projector(written[:, None]))))
-    except Exception:
-        for handle in handles:
-            handle.remove()
-        raise
-    with _hooks(handles):
         yield

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from rankaudit.config_schema import with_defaults
+from rankaudit.config_schema import settings_from_section
 from rankaudit.padding import padded_batch, positions_from_mask
 
 logger = logging.getLogger(__name__)
@@ -55,8 +55,7 @@ class TuningSettings:
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> TuningSettings:
-        values = with_defaults(section, "refusal_tuned")
-        return cls(**{key: values[key] for key in cls.__dataclass_fields__})
+        return settings_from_section(cls, section, "refusal_tuned")
 
 
 @dataclass(frozen=True)

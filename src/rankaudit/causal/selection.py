@@ -20,7 +20,6 @@ the reason it was discarded are kept.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -31,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from rankaudit.causal.inputs import generation_settings, prompt_set_of
-from rankaudit.config_schema import with_defaults
+from rankaudit.config_schema import settings_from_section
 from rankaudit.interventions import activation_addition, direction_ablation
 from rankaudit.padding import pad_token_id
 from rankaudit.prompts.tables import instructions_sha256, read_prompt_set
@@ -61,8 +60,7 @@ class SelectionRules:
     @classmethod
     def from_config(cls, selection: Mapping[str, Any]) -> SelectionRules:
         """Build from `causal.selection` (its other keys, such as `split` or `n`, are ignored)."""
-        names = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in with_defaults(selection, "causal", "selection").items() if key in names})
+        return settings_from_section(cls, selection, "causal", "selection")
 
     def layer_limit(self, n_blocks: int) -> int:
         return int(self.max_layer_fraction * n_blocks)

@@ -18,7 +18,6 @@ of every mean, median and count. numpy only: these jobs never import torch.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -29,7 +28,7 @@ import numpy as np
 
 from rankaudit import degeneracy, resampling, spectra
 from rankaudit.bounds import spectral_gap
-from rankaudit.config_schema import with_defaults
+from rankaudit.config_schema import settings_from_section
 from rankaudit.limits.claims import CENTERINGS
 
 logger = logging.getLogger(__name__)
@@ -67,8 +66,7 @@ class LimitsSettings:
     @classmethod
     def from_config(cls, section: Mapping[str, Any]) -> LimitsSettings:
         """Build from a config section (keys this job does not read, such as `headline_eps` or `claims`, are ignored)."""
-        names = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in with_defaults(section, "limits").items() if key in names})
+        return settings_from_section(cls, section, "limits")
 
 
 # --- per-layer computations (pure functions of matrices) -----------------------------------------------------------
