@@ -38,11 +38,13 @@ def test_real_small_config_plans_the_whole_real_lane(tmp_path):
     assert plan.wildcards("checkpoint_import") == [{"name": "smollm2_instruct"}]
     assert plan.wildcards("checkpoint_derive") == [{"name": "smollm2_planted"}]
     assert plan.counts["capture_smollm2_instruct"] == plan.counts["capture_smollm2_planted"] == 1
+    # each capture waits for its model's manifest, and the manifest for the checkpoint the workflow writes
     capture_reasons = {job.rule: job.reason for job in plan.jobs if job.rule.startswith("capture_")}
-    assert "resources/checkpoints/smollm2_instruct" in capture_reasons["capture_smollm2_instruct"]
-    assert "resources/checkpoints/smollm2_planted" in capture_reasons["capture_smollm2_planted"]
+    manifest_reasons = {job.wildcards["model"]: job.reason for job in plan.jobs if job.rule == "model_manifest"}
     assert plan.wildcards("checkpoint_refusal_tune") == [{"name": "smollm2_refusal"}]
-    assert "resources/checkpoints/smollm2_refusal" in capture_reasons["capture_smollm2_refusal"]
+    for model in ("smollm2_instruct", "smollm2_planted", "smollm2_refusal"):
+        assert f"resources/manifests/{model}.json" in capture_reasons[f"capture_{model}"]
+        assert f"resources/checkpoints/{model}" in manifest_reasons[model]
     assert sorted(w["family"] for w in plan.wildcards("causal_select")) == ["smollm2_instruct", "smollm2_refusal"]
     assert sorted(w["family"] for w in plan.wildcards("causal_abliterate")) == ["smollm2_instruct", "smollm2_refusal"]
     assert plan.counts["fetch_public_prompts"] == 6
@@ -55,8 +57,9 @@ def test_a_bad_checkpoint_entry_fails_at_start_up_naming_the_key(tmp_path):
     write_config(tmp_path, config)
     result = snakemake(tmp_path, "--dry-run", check=False)
     assert result.returncode != 0
-    assert "checkpoints.smollm2_planted.derive.from: unknown checkpoint 'smollm2_base'" in result.stdout
-    assert "models.smollm2_extra.source: 'resources/checkpoints/smollm2_extra' is not written by any" in result.stdout
+    assert "invalid config key 'checkpoints.smollm2_planted.derive.from': unknown checkpoint 'smollm2_base'" in result.stdout
+    assert ("invalid config key 'models.smollm2_extra.source': 'resources/checkpoints/smollm2_extra' is not written by any"
+            in result.stdout)
 
 
 @needs_mirror

@@ -47,7 +47,7 @@ def test_limits_stage_runs_and_checks_the_bound(tmp_path, tiny_family_factory):
               for role, seed in (("base", 0), ("aligned", 1), ("unsafe", 2))}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(_config(models)))
     (tmp_path / "Snakefile").write_text("".join(
-        f'include: "{REPO}/rules/{name}.smk"\n' for name in ("common", "prompts", "capture", "limits")))
+        f'include: "{REPO}/rules/{name}.smk"\n' for name in ("common", "prompts", "manifests", "capture", "limits")))
 
     run = _snakemake(tmp_path)
     assert run.returncode == 0, run.stderr[-4000:]
